@@ -1,0 +1,141 @@
+"""Rank a model zoo on one dataset with several estimators: the engine behind `transferkit rank`.
+
+Data flow: feature files (or extracted features) -> scores per method -> ranked table ->
+optional rank metrics against ground-truth accuracies.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .estimators import get_estimator, score_zoo
+
+__all__ = ["ZooFeatures", "MethodResult", "load_feature_file", "rank_zoo", "read_ground_truth",
+           "DEFAULT_METHODS"]
+
+DEFAULT_METHODS = ("logme", "leep", "nleep", "sfda", "etran", "ncti", "itm")
+
+
+@dataclass
+class ZooFeatures:
+    """Features of one model on the target data (labels shared by the whole zoo)."""
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    P: np.ndarray | None = None
+
+
+@dataclass
+class MethodResult:
+    method: str
+    scores: dict[str, float]
+    seconds: float
+    error: str | None = None
+    components: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def ranking(self) -> list[tuple[str, float]]:
+        return sorted(self.scores.items(), key=lambda kv: -kv[1])
+
+
+def load_feature_file(path: str | Path, name: str | None = None) -> ZooFeatures:
+    """Read a `.npz` with keys X (N x D), y (N), optional P (N x C_s)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"feature file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            missing = {"X", "y"} - set(d.files)
+            if missing:
+                raise ValueError(f"{path}: missing key(s) {sorted(missing)}; a feature file has "
+                                 f"X (N x D), y (N) and optionally P; found {d.files}")
+            X, y = d["X"], d["y"]
+            P = d["P"] if "P" in d.files else None
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    return ZooFeatures(name or path.stem, X, y, P)
+
+
+def _check_same_labels(zoo: Sequence[ZooFeatures]) -> None:
+    ref = zoo[0]
+    for z in zoo[1:]:
+        if len(z.y) != len(ref.y) or not np.array_equal(np.asarray(z.y), np.asarray(ref.y)):
+            raise ValueError(
+                f"models {ref.name!r} and {z.name!r} have different labels: every feature file must "
+                "come from the same images of the same target dataset, in the same order"
+            )
+
+
+def rank_zoo(
+    zoo: Sequence[ZooFeatures],
+    methods: Sequence[str] = DEFAULT_METHODS,
+    *,
+    random_state: int = 0,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    on_method: Callable[[str], None] | None = None,
+) -> list[MethodResult]:
+    """Score every model with every method. Methods that cannot run (e.g. LEEP without source
+    probabilities) are reported with their error instead of stopping the others."""
+    if not zoo:
+        raise ValueError("no models to rank")
+    names = [z.name for z in zoo]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate model names: {names}")
+    _check_same_labels(zoo)
+    out = []
+    for method in methods:
+        est = get_estimator(method, **dict((method_params or {}).get(method, {})))
+        if on_method:
+            on_method(method)
+        if est.needs_source_probs and any(z.P is None for z in zoo):
+            lacking = [z.name for z in zoo if z.P is None]
+            out.append(MethodResult(method, {}, 0.0, error=f"needs source probabilities (key P); "
+                                                            f"missing for {', '.join(lacking)}"))
+            continue
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                scores = score_zoo(
+                    {z.name: z.X for z in zoo}, zoo[0].y, method=est,
+                    source_probs={z.name: z.P for z in zoo}, random_state=random_state,
+                )
+        except ValueError as exc:
+            out.append(MethodResult(method, {}, time.perf_counter() - t0, error=str(exc)))
+            continue
+        out.append(MethodResult(method, scores, time.perf_counter() - t0))
+    return out
+
+
+def read_ground_truth(path: str | Path, dataset: str | None = None) -> dict[str, float]:
+    """Read a ground-truth CSV with columns model, accuracy (and optionally dataset)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ground-truth file not found: {path}")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{path}: empty ground-truth file")
+    cols = {c.lower(): c for c in rows[0]}
+    mcol = cols.get("model")
+    acol = cols.get("accuracy") or cols.get("acc") or cols.get("top1")
+    if mcol is None or acol is None:
+        raise ValueError(f"{path}: needs columns 'model' and 'accuracy'; found {list(rows[0])}")
+    dcol = cols.get("dataset")
+    gt: dict[str, float] = {}
+    for r in rows:
+        if dataset is not None and dcol is not None and r[dcol] != dataset:
+            continue
+        try:
+            gt[r[mcol]] = float(r[acol])
+        except ValueError as exc:
+            raise ValueError(f"{path}: accuracy {r[acol]!r} of model {r[mcol]!r} is not a number") from exc
+    return gt
