@@ -14,6 +14,10 @@ SUBCOMMANDS: dict[str, str] = {
     "estimators": "estimators_cmd",
     "rank": "rank_cmd",
     "extract": "extract_cmd",
+    "finetune": "finetune_cmd",
+    "bench": "bench_cmd",
+    "distill": "distill_cmd",
+    "curate": "curate_cmd",
 }
 
 

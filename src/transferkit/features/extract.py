@@ -1,0 +1,497 @@
+"""Feature extraction: frozen features (+ source-class probabilities) of models on one dataset.
+
+The loop runs at the speed of the forward pass: a DataLoader with workers and pinned memory decodes and
+preprocesses while the model runs under ``torch.inference_mode`` (channels_last, bf16/fp16 autocast on
+GPU), outputs stay on the device until a cache chunk is complete, and each finished chunk is written
+atomically. Nothing is computed twice: the cache key covers the model weights, the exact items and
+labels, the preprocessing, the layer and the precision (see :mod:`transferkit.features.cache`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import CorruptImageError, CorruptImageWarning, ImageDataset, open_dataset
+from ..models import ModelEntry, ResolvedModel, make_feature_fn, read_zoo, resolve_model, state_dict_digest
+from .cache import CacheEntry, FeatureCache, cache_key
+from .distributed import DistContext, dist_context
+from .featureset import FeatureSet
+
+__all__ = ["default_num_workers", "extract_features", "extract_zoo", "resolve_precision", "select_device"]
+
+DEFAULT_CHUNK = 1024
+
+
+# ------------------------------------------------------------------------------------------------
+# runtime choices
+# ------------------------------------------------------------------------------------------------
+def select_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA (this rank's GPU), else Apple MPS, else CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on CUDA GPUs that support it, fp16 on other GPUs / MPS, fp32 on CPU."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError("precision must be auto, fp32, bf16 or fp16")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "fp32"
+
+
+def default_num_workers(device: torch.device, preprocessed: bool) -> int:
+    """Loader processes: none for pre-made tensors; on CPU leave the cores to the model (at most 4)."""
+    if preprocessed:
+        return 0
+    n = os.cpu_count() or 1
+    if device.type == "cpu":
+        return max(1, min(4, n // 2))
+    return min(8, max(1, n - 1))
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    from .. import __version__
+
+    return {"transferkit": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+# ------------------------------------------------------------------------------------------------
+# loading items
+# ------------------------------------------------------------------------------------------------
+class _Batch:
+    __slots__ = ("x", "idx", "bad")
+
+    def __init__(self, x: torch.Tensor | None, idx: list[int], bad: list[tuple[int, str, str]]):
+        self.x, self.idx, self.bad = x, idx, bad
+
+    def pin_memory(self) -> _Batch:  # used by the DataLoader's pin-memory thread
+        if self.x is not None:
+            self.x = self.x.pin_memory()
+        return self
+
+
+class _Items(torch.utils.data.Dataset):
+    """Transformed items by dataset position; unreadable items come back as errors, not exceptions."""
+
+    def __init__(self, ds: ImageDataset, transform: Any):
+        self.ds, self.transform = ds, transform
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None, str | None]:
+        try:
+            x = self.ds.load(i)
+        except CorruptImageError as exc:
+            return i, None, exc.name, exc.cause
+        return i, (self.transform(x) if self.transform is not None else x), None, None
+
+    def __getitems__(self, idx: Sequence[int]) -> Any:
+        if self.transform is None and hasattr(self.ds, "load_batch"):  # pre-made tensors: one gather
+            return _Batch(self.ds.load_batch(idx), list(idx), [])
+        return [self[i] for i in idx]
+
+
+def _collate(items: Any) -> _Batch:
+    if isinstance(items, _Batch):
+        return items
+    good = [(i, x) for i, x, _, _ in items if x is not None]
+    bad = [(i, n, e) for i, x, n, e in items if x is None]
+    x = torch.stack([torch.as_tensor(x) for _, x in good]) if good else None
+    return _Batch(x, [i for i, _ in good], bad)
+
+
+def _batches(chunks: Sequence[int], chunk_size: int, n: int, batch_size: int) -> list[list[int]]:
+    out = []
+    for c in chunks:
+        lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
+        out.extend(list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the model side
+# ------------------------------------------------------------------------------------------------
+class _Prepared:
+    """A resolved model (or a given nn.Module) with its identity and preprocessing, built lazily."""
+
+    def __init__(self, model: Any, ds: ImageDataset, options: Mapping[str, Any]):
+        self.module: nn.Module | None = None
+        self.resolved: ResolvedModel | None = None
+        pre = {k: v for k, v in options.items() if k in ("input_size", "img_size", "interpolation", "crop_pct",
+                                                            "crop_mode", "mean", "std") and v is not None}
+        if isinstance(model, nn.Module):
+            from timm.data import resolve_data_config
+
+            from ..models import _jsonable, _normalise_preprocess
+
+            self.module = model.eval()
+            info = getattr(model, "transferkit_info", {}) or {}
+            self.spec = info.get("spec", type(model).__name__)
+            self.kind, self.arch = "module", info.get("arch", type(model).__name__)
+            self.background_index = info.get("background_index")
+            self.identity: dict[str, Any] | None = {"state_dict_sha256": state_dict_digest(model)}
+            self.weights_sha256 = info.get("weights_sha256") or self.identity["state_dict_sha256"]
+            self.data_config = _jsonable(resolve_data_config(_normalise_preprocess(pre), model=model))
+        else:
+            rm = model if isinstance(model, ResolvedModel) else resolve_model(model, **pre)
+            self.resolved = rm
+            self.spec, self.kind, self.arch = rm.spec, rm.kind, rm.arch
+            self.background_index = rm.background_index if rm.num_classes is None else None
+            self.identity = rm.identity()
+            if self.identity is None:  # random weights: the state dict is the identity
+                self.module = rm.build()
+                self.identity = {"kind": rm.kind, "arch": rm.arch, "state_dict_sha256": state_dict_digest(self.module)}
+            self.weights_sha256 = rm.weights_sha256() or self.identity.get("state_dict_sha256")
+            self.data_config = rm.data_config()
+        if ds.is_preprocessed:
+            self.data_config = dict(getattr(ds, "preprocessing", {"premade": True}))
+
+    def build(self) -> nn.Module:
+        if self.module is None:
+            assert self.resolved is not None
+            self.module = self.resolved.build()
+        return self.module
+
+    def transform(self, ds: ImageDataset) -> Any:
+        if ds.is_preprocessed:
+            return None
+        from timm.data import create_transform
+
+        return create_transform(**self.data_config, is_training=False)
+
+
+def _probs(logits: torch.Tensor, background: int | None) -> torch.Tensor:
+    logits = logits.float()
+    if background is not None and 0 <= background < logits.shape[1]:
+        logits = torch.cat([logits[:, :background], logits[:, background + 1:]], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# public API
+# ------------------------------------------------------------------------------------------------
+def extract_features(
+    model: str | ModelEntry | ResolvedModel | nn.Module,
+    data: str | Path | ImageDataset,
+    *,
+    split: str | None = None,
+    layer: str | None = None,
+    cache_dir: str | Path | None = ".transferkit_cache",
+    per_class: int | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    probs: bool = True,
+    drop_background: bool = True,
+    strict: bool = False,
+    chunk_size: int | None = None,
+    channels_last: bool | None = None,
+    distributed: bool | str = "auto",
+    progress: bool = True,
+    name: str | None = None,
+    **preprocess: Any,
+) -> FeatureSet:
+    """Extract the pooled penultimate features (or ``layer``) of one model on one dataset split.
+
+    ``model``: a spec string (see :mod:`transferkit.models`), a zoo :class:`~transferkit.models.ModelEntry`
+    or an ``nn.Module`` (timm-like). ``data``: a dataset path/spec or an :class:`~transferkit.data.ImageDataset`.
+    Results are cached in ``cache_dir`` (``None`` disables the cache); an interrupted run resumes.
+    ``probs``: also store softmax source-class probabilities when the model has a classifier (a
+    "background" output is dropped with ``drop_background``). Corrupt images are skipped with a
+    :class:`~transferkit.data.CorruptImageWarning` (``strict=True``: raise). ``preprocess``: overrides of
+    the model's data config (``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``, ``crop_mode``).
+    Under ``torchrun`` the work is sharded over ranks and merged by rank 0 (see ``distributed.py``).
+    """
+    entry = ModelEntry.from_spec(model, name) if isinstance(model, (str, ModelEntry)) else None
+    opts: dict[str, Any] = dict(entry.options) if entry is not None else {}
+    layer = opts.pop("layer", layer)
+    batch_size = int(opts.pop("batch_size", batch_size))
+    precision = opts.pop("precision", precision)
+    drop_background = opts.pop("drop_background", drop_background)
+    ds = open_dataset(data, split, per_class=per_class, seed=seed, test_fraction=test_fraction)
+    ctx = dist_context(distributed)
+    dev = select_device(device, ctx.local_rank)
+    prec = resolve_precision(precision, dev)
+    prep = _Prepared(entry if entry is not None else model, ds, {**preprocess, **opts})
+    display = name or (entry.name if entry is not None else prep.spec)
+    fingerprint = _fingerprint(ds)
+    doc = {"model": prep.identity, "data": fingerprint, "preprocess": prep.data_config,
+           "layer": layer or "penultimate", "precision": prec, "probs": bool(probs),
+           "drop_background": bool(drop_background) and prep.background_index is not None}
+    key = cache_key(doc)
+    metadata = {
+        "model": {"name": display, "spec": prep.spec, "kind": prep.kind, "arch": prep.arch,
+                  "weights_sha256": prep.weights_sha256, "identity": prep.identity,
+                  "background_index": prep.background_index if drop_background else None},
+        "preprocessing": prep.data_config,
+        "dataset": {**ds.describe(), "fingerprint": fingerprint, "per_class": per_class, "seed": seed},
+        "layer": layer or "penultimate", "precision": prec, "cache_key": key, "versions": _versions(),
+    }
+    cache = FeatureCache(cache_dir) if cache_dir is not None else None
+    if cache is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="transferkit_nocache_") as tmp:
+            fs = _run(prep, ds, FeatureCache(tmp).entry(key), ctx, dev, prec, doc, metadata, layer=layer,
+                      batch_size=batch_size, num_workers=num_workers, probs=probs, drop_background=drop_background,
+                      strict=strict, chunk_size=chunk_size, channels_last=channels_last, progress=progress,
+                      display=display)
+    else:
+        fs = _run(prep, ds, cache.entry(key), ctx, dev, prec, doc, metadata, layer=layer, batch_size=batch_size,
+                  num_workers=num_workers, probs=probs, drop_background=drop_background, strict=strict,
+                  chunk_size=chunk_size, channels_last=channels_last, progress=progress, display=display)
+    fs.metadata["model"]["name"] = display
+    _report_skipped(fs, strict)
+    return fs
+
+
+def _fingerprint(ds: ImageDataset) -> str:
+    fp = getattr(ds, "_fingerprint_memo", None)
+    if fp is None:
+        fp = ds.fingerprint()
+        ds._fingerprint_memo = fp  # type: ignore[attr-defined]
+    return fp
+
+
+def _report_skipped(fs: FeatureSet, strict: bool) -> None:
+    skipped = fs.metadata.get("skipped") or []
+    if not skipped:
+        return
+    listing = "\n".join(f"  {s['item']}: {s['error']}" for s in skipped[:20])
+    more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+    msg = f"{len(skipped)} unreadable image(s) skipped:\n{listing}{more}"
+    if strict:
+        raise CorruptImageError(skipped[0]["item"], msg)
+    warnings.warn(msg, CorruptImageWarning, stacklevel=3)
+
+
+def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext, dev: torch.device, prec: str,
+         doc: dict[str, Any], metadata: dict[str, Any], *, layer: str | None, batch_size: int,
+         num_workers: int | None, probs: bool, drop_background: bool, strict: bool, chunk_size: int | None,
+         channels_last: bool | None, progress: bool, display: str) -> FeatureSet:
+    t0 = time.perf_counter()
+    n = len(ds)
+    if n == 0:
+        raise ValueError(f"{ds}: no items to extract")
+    # 1. is it done already? (rank 0 decides; in a group everyone follows)
+    complete = ctx.broadcast(entry.is_complete() if ctx.is_main else None)
+    if complete:
+        return _share_result(ctx, entry, entry.load() if ctx.is_main else None, cache_hit=True)
+    # 2. which chunks are missing
+    cs = chunk_size or max(batch_size, (DEFAULT_CHUNK // batch_size) * batch_size)
+    plan = None
+    if ctx.is_main:
+        cs = entry.open(n, cs, doc)
+        n_chunks = -(-n // cs)
+        plan = (cs, n_chunks, sorted(set(range(n_chunks)) - entry.done_chunks()))
+    cs, n_chunks, todo = ctx.broadcast(plan)
+    if not ctx.is_main:
+        entry.open(n, cs, doc)
+    mine = todo[ctx.rank::ctx.world]
+    computed = _compute(prep, ds, entry, mine, cs, dev, prec, layer=layer, batch_size=batch_size,
+                        num_workers=num_workers, probs=probs, drop_background=drop_background, strict=strict,
+                        channels_last=channels_last, progress=progress and ctx.is_main, display=display)
+    # 3. merge on rank 0 (chunks it cannot see on its disk come over the process group)
+    if ctx.active:
+        ctx.barrier()
+        missing = ctx.broadcast(sorted(set(range(n_chunks)) - entry.done_chunks()) if ctx.is_main else None)
+        for c in missing:
+            owner = todo.index(c) % ctx.world
+            got = ctx.gather(entry.read_chunk(c) if ctx.rank == owner else None)
+            if ctx.is_main:
+                entry.write_chunk(c, **got[owner])
+    fs = None
+    if ctx.is_main:
+        meta = dict(metadata, seconds=round(time.perf_counter() - t0, 3), device=str(dev),
+                    world_size=ctx.world, computed_chunks=len(todo), total_chunks=n_chunks, chunk_size=cs)
+        fs = entry.finalize(n_chunks, ds.classes, meta)
+    del computed
+    return _share_result(ctx, entry, fs, cache_hit=False)
+
+
+def _share_result(ctx: DistContext, entry: CacheEntry, fs: FeatureSet | None, cache_hit: bool) -> FeatureSet:
+    if ctx.active:
+        ctx.barrier()
+        visible = ctx.all_gather(ctx.is_main or entry.is_complete())
+        if all(visible):
+            fs = fs if ctx.is_main else entry.load()
+        else:
+            sent = ctx.broadcast(fs)
+            fs = fs if ctx.is_main else sent
+    assert fs is not None
+    fs.metadata["cache_hit"] = cache_hit
+    return fs
+
+
+def _compute(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, chunks: list[int], cs: int,
+             dev: torch.device, prec: str, *, layer: str | None, batch_size: int, num_workers: int | None,
+             probs: bool, drop_background: bool, strict: bool, channels_last: bool | None, progress: bool,
+             display: str) -> int:
+    """Run the model over the given chunks, writing each as soon as it is complete. Returns items done."""
+    if not chunks:
+        return 0
+    n = len(ds)
+    model = prep.build().to(dev).eval()
+    cl = (dev.type != "cpu") if channels_last is None else channels_last
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    fn = make_feature_fn(model, layer, with_logits=probs)
+    background = prep.background_index if drop_background else None
+    workers = default_num_workers(dev, ds.is_preprocessed) if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(
+        _Items(ds, prep.transform(ds)), batch_sampler=_batches(chunks, cs, n, batch_size),
+        num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+    total = sum(min(n, (c + 1) * cs) - c * cs for c in chunks)
+    bar = _progress(progress, total, display)
+    done = 0
+    cur, buf = -1, _ChunkBuffer()
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                first = batch.idx[0] if batch.idx else batch.bad[0][0]
+                c = first // cs
+                if c != cur:
+                    cur, buf = c, _ChunkBuffer()
+                if batch.bad:
+                    if strict:
+                        i, nm, err = batch.bad[0]
+                        raise CorruptImageError(nm, f"{err} (strict mode; finished chunks are kept in the cache)")
+                    buf.bad.extend(batch.bad)
+                if batch.x is not None:
+                    x = batch.x.to(dev, non_blocking=True)
+                    if cl and x.ndim == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with _autocast(dev, prec):
+                        feats, logits = fn(x)
+                    buf.feats.append(feats.float())
+                    if probs and logits is not None:
+                        buf.probs.append(_probs(logits, background))
+                    buf.idx.extend(batch.idx)
+                k = len(batch.idx) + len(batch.bad)
+                buf.count += k
+                done += k
+                bar.update(k)
+                if buf.count == min(n, (c + 1) * cs) - c * cs:
+                    entry.write_chunk(c, **buf.arrays(ds))
+                    cur, buf = -1, _ChunkBuffer()
+    finally:
+        bar.close()
+        if hasattr(fn, "remove_hook"):
+            fn.remove_hook()
+    return done
+
+
+class _ChunkBuffer:
+    def __init__(self) -> None:
+        self.feats: list[torch.Tensor] = []
+        self.probs: list[torch.Tensor] = []
+        self.idx: list[int] = []
+        self.bad: list[tuple[int, str, str]] = []
+        self.count = 0
+
+    def arrays(self, ds: ImageDataset) -> dict[str, np.ndarray]:
+        idx = np.asarray(self.idx, dtype=np.int64)
+        out: dict[str, np.ndarray] = {"indices": idx, "labels": ds.targets[idx]}
+        if self.feats:
+            out["features"] = torch.cat(self.feats).cpu().numpy().astype(np.float32, copy=False)
+        else:
+            out["features"] = np.zeros((0, 0), np.float32)
+        if self.probs:
+            out["probs"] = torch.cat(self.probs).cpu().numpy().astype(np.float32, copy=False)
+        elif not self.feats and self.bad:
+            out["probs"] = np.zeros((0, 0), np.float32)
+        out["skipped"] = np.asarray([b[0] for b in self.bad], dtype=np.int64)
+        out["skipped_names"] = np.asarray([b[1] for b in self.bad], dtype=str)
+        out["skipped_errors"] = np.asarray([b[2] for b in self.bad], dtype=str)
+        return out
+
+
+class _NoBar:
+    def update(self, k: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False)
+
+
+def extract_zoo(
+    models: list[str] | str,
+    data: str | Path | ImageDataset,
+    *,
+    split: str | None = None,
+    cache_dir: str | Path = ".transferkit_cache",
+    per_class: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    **kwargs: Any,
+) -> dict[str, FeatureSet]:
+    """Features of every model of a zoo on one dataset: ``{model name: FeatureSet}``.
+
+    ``models``: a list of specs (or :class:`~transferkit.models.ModelEntry`), or the path of a zoo YAML
+    file (per-model options apply). The dataset is opened and fingerprinted once. Cached models cost
+    nothing; other keyword arguments go to :func:`extract_features`.
+    """
+    if isinstance(models, (str, Path)):
+        entries = read_zoo(models)
+    else:
+        entries = [ModelEntry.from_spec(m) for m in models]
+    names = [e.name for e in entries]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"duplicate model names {dup}: name them in a zoo file")
+    ds = open_dataset(data, split, per_class=per_class, seed=seed, test_fraction=kwargs.pop("test_fraction", 0.2))
+    out: dict[str, FeatureSet] = {}
+    for e in entries:
+        out[e.name] = extract_features(e, ds, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers,
+                                       device=device, progress=progress, seed=seed, **kwargs)
+        out[e.name].metadata["dataset"].update(per_class=per_class, seed=seed)
+    return out

@@ -1,0 +1,96 @@
+"""End-to-end tests of `transferkit rank` and `transferkit estimators` through click."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from transferkit.cli import main
+
+
+@pytest.fixture()
+def zoo_files(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30)
+    paths = {}
+    for name, sep in [("good", 3.0), ("ok", 1.0), ("bad", 0.0)]:
+        X = rng.normal(size=(120, 16)) + sep * np.eye(16)[y]
+        P = np.exp(rng.normal(size=(120, 6)) + sep * np.eye(6)[y])
+        P /= P.sum(1, keepdims=True)
+        p = tmp_path / f"{name}.npz"
+        np.savez(p, X=X.astype(np.float32), y=y, P=P)
+        paths[name] = p
+    gt = tmp_path / "gt.csv"
+    gt.write_text("model,accuracy\ngood,0.9\nok,0.7\nbad,0.3\n")
+    return paths, gt
+
+
+def test_estimators_lists_all():
+    res = CliRunner().invoke(main, ["estimators"])
+    assert res.exit_code == 0, res.output
+    for name in ("logme", "leep", "itm", "etran", "ncti"):
+        assert name in res.output
+
+
+def test_rank_writes_table_files_and_metrics(zoo_files, tmp_path):
+    paths, gt = zoo_files
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["rank", *map(str, paths.values()), "--methods", "logme,leep,etran",
+                                    "--gt", str(gt), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "logme" in res.output and "weighted" in res.output.lower() or "tau" in res.output.lower()
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    logme = [r for r in rows if r["method"] == "logme"]
+    assert [r["model"] for r in logme] == ["good", "ok", "bad"]
+    metrics = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {m["method"] for m in metrics} == {"logme", "leep", "etran"}
+    payload = json.loads((out / "scores.json").read_text())
+    assert set(payload["methods"]["etran"]["scores"]) == {"good", "ok", "bad"}
+
+
+def test_rank_skips_leep_without_probs(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", X=rng.normal(size=(60, 5)), y=y)
+    res = CliRunner().invoke(main, ["rank", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"),
+                                    "--methods", "leep,logme", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "leep: skipped" in res.output
+
+
+@pytest.mark.parametrize("problem,needle", [
+    ("missing", "not found"),
+    ("badkey", "missing key"),
+    ("labels", "different labels"),
+])
+def test_rank_bad_files_give_clear_errors(tmp_path, problem, needle):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    a = tmp_path / "a.npz"
+    np.savez(a, X=rng.normal(size=(60, 5)), y=y)
+    b = tmp_path / "b.npz"
+    if problem == "badkey":
+        np.savez(b, feats=rng.normal(size=(60, 5)), y=y)
+    elif problem == "labels":
+        np.savez(b, X=rng.normal(size=(60, 5)), y=y[::-1])
+    res = CliRunner().invoke(main, ["rank", str(a), str(b), "--methods", "logme", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0
+    assert needle in res.output
+    assert "Traceback" not in res.output
+
+
+def test_rank_unknown_method(zoo_files):
+    paths, _ = zoo_files
+    res = CliRunner().invoke(main, ["rank", str(paths["good"]), "--methods", "nonsense"])
+    assert res.exit_code != 0 and "unknown method" in res.output
+
+
+def test_rank_demo_runs_offline(tmp_path):
+    res = CliRunner().invoke(main, ["rank", "--demo", "--methods", "logme,leep,sfda", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "metrics.csv").exists()
