@@ -335,7 +335,10 @@ class ResolvedModel:
             head = sd.get(f"{clf_key}.weight") if clf_key else None
             ckpt_nc = {"num_classes": int(head.shape[0])} if head is not None and head.ndim == 2 else {}
             model = timm.create_model(self.arch, pretrained=False, **ckpt_nc, **self.model_args)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise ValueError(f"{self.path}: checkpoint does not match architecture {self.arch!r}: {exc}") from exc
         if missing or unexpected:
             raise ValueError(f"{self.path}: checkpoint does not match architecture {self.arch!r}: "
                              f"missing {list(missing)[:8]}{'...' if len(missing) > 8 else ''}, "

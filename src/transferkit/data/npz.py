@@ -161,7 +161,10 @@ class TensorImageDataset(ImageDataset):
 
     def load_batch(self, indices: Sequence[int]) -> torch.Tensor:
         """Several items at once (one gather instead of a per-item stack)."""
-        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+        idx = list(indices)
+        if idx and idx == list(range(idx[0], idx[0] + len(idx))):
+            return self.images[idx[0]: idx[0] + len(idx)]  # a contiguous run: a view, no copy
+        return self.images[torch.as_tensor(idx, dtype=torch.long)]
 
     def _compute_digests(self) -> list[str]:
         a = self.images.numpy()

@@ -354,6 +354,9 @@ def _share_result(ctx: DistContext, entry: CacheEntry, fs: FeatureSet | None, ca
             fs = fs if ctx.is_main else entry.load()
         else:
             sent = ctx.broadcast(fs)
+            if not ctx.is_main and not entry.is_complete():  # a private cache: rank 0 holds the chunks now
+                for p in entry.path.glob("chunk-*.npz"):
+                    p.unlink(missing_ok=True)
             fs = fs if ctx.is_main else sent
     assert fs is not None
     fs.metadata["cache_hit"] = cache_hit
@@ -369,7 +372,9 @@ def _compute(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, chunks: list[
         return 0
     n = len(ds)
     model = prep.build().to(dev).eval()
-    cl = (dev.type != "cpu") if channels_last is None else channels_last
+    if channels_last is None:  # NHWC helps convolutions on GPUs and on CPUs (oneDNN); no-op for transformers
+        channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    cl = channels_last
     if cl:
         model = model.to(memory_format=torch.channels_last)
     fn = make_feature_fn(model, layer, with_logits=probs)

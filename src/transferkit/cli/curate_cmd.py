@@ -1,0 +1,106 @@
+"""`transferkit curate`: build a retrieval-augmented transfer set from a generic image pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src != click.core.ParameterSource.DEFAULT
+
+
+@click.command("curate")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
+              help="YAML file of curate options (command-line options override it).")
+@click.option("--queries", help="Labeled target dataset used as queries (folder, zip, csv, npz, idx).")
+@click.option("--gallery", multiple=True, help="Gallery (pool) dataset; repeat for several.")
+@click.option("--budget", type=int, help="Transfer-set size (number of crops).")
+@click.option("--model", "-m", help="Embedding model: any spec `transferkit extract` accepts.")
+@click.option("--out", "-o", default="transfer_set.csv", show_default=True, help="Manifest to write.")
+@click.option("--strategy", type=click.Choice(["balanced", "random"]), default="balanced", show_default=True,
+              help="Query-balanced retrieval, or a random set from the same pool (baseline).")
+@click.option("--query-split", default="train", show_default=True)
+@click.option("--query-per-class", type=int, help="Use only this many query images per class (seeded).")
+@click.option("--gallery-split", default="all", show_default=True, help="Split of every --gallery dataset.")
+@click.option("--gallery-per-class", type=int, help="Subsample every gallery dataset per class (seeded).")
+@click.option("--test", default="auto", show_default=True,
+              help="Leakage guard: the target's test images ('auto': the queries' test split; 'none': off).")
+@click.option("--test-split", default="test", show_default=True)
+@click.option("--scales", default="1,0.5", show_default=True, help="Gallery crop scales (1 = whole image).")
+@click.option("--grid", default=None, help="Grid size per scale (default ceil(1/scale)); one value or a list.")
+@click.option("--query-scales", default="1", show_default=True, help="Query crop scales (multi-crop queries).")
+@click.option("--index", "index_kind", type=click.Choice(["auto", "flat", "ivf", "ivfpq", "numpy"]), default="auto",
+              show_default=True, help="Search index (auto: exact up to --exact-max items, IVF-PQ above).")
+@click.option("--exact-max", type=int, default=200_000, show_default=True)
+@click.option("--nlist", type=int, help="IVF lists (default ~4 sqrt(n)).")
+@click.option("--nprobe", type=int, default=32, show_default=True)
+@click.option("--pq-m", type=int, default=32, show_default=True, help="IVF-PQ bytes per vector.")
+@click.option("--candidates", type=int, help="Neighbours per query crop (default 4 x quota + 16, grown as needed).")
+@click.option("--dup-threshold", type=float, default=0.95, show_default=True,
+              help="Cosine above which a crop counts as a near-duplicate of a selected one (1 = off).")
+@click.option("--leak-threshold", type=float, default=0.95, show_default=True,
+              help="Cosine to a test image above which a crop is excluded as leakage.")
+@click.option("--max-per-image", type=int, help="At most this many crops of one gallery image.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--cache-dir", default=".transferkit_cache", show_default=True, help="Feature/embedding cache.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
+    """Curate a transfer set: query-balanced crop retrieval from --gallery with --queries.
+
+    Writes the manifest (read directly by `transferkit distill`) and <out>.report.json.
+    """
+    from ..curate.index import IndexConfig
+    from ..curate.pipeline import CurateConfig, GallerySource, curate
+
+    doc: dict[str, Any] = {}
+    if config_path:
+        import yaml
+
+        doc = yaml.safe_load(open(config_path).read()) or {}
+        if not isinstance(doc, dict):
+            raise click.BadParameter("the config file must hold a mapping", param_hint="--config")
+    index_doc = dict(doc.pop("index", {}) or {})
+    plain = {"queries", "budget", "model", "out", "strategy", "query_split", "query_per_class", "test", "test_split",
+             "scales", "grid", "query_scales", "candidates", "dup_threshold", "leak_threshold", "max_per_image",
+             "batch_size", "device", "cache_dir", "seed"}
+    for name in plain:
+        if _given(ctx, name) or name not in doc:
+            if opts[name] is not None:
+                doc[name] = opts[name]
+    if opts["gallery"]:
+        doc["gallery"] = [GallerySource(g, split=opts["gallery_split"], per_class=opts["gallery_per_class"])
+                          for g in opts["gallery"]]
+    for cli_name, key in (("index_kind", "kind"), ("exact_max", "exact_max"), ("nlist", "nlist"),
+                          ("nprobe", "nprobe"), ("pq_m", "m")):
+        if (_given(ctx, cli_name) or key not in index_doc) and opts[cli_name] is not None:
+            index_doc[key] = opts[cli_name]
+    if doc.get("dup_threshold") is not None and float(doc["dup_threshold"]) >= 1.0:
+        doc["dup_threshold"] = None
+    if opts["quiet"]:
+        doc["progress"] = False
+    missing = [n for n in ("queries", "gallery", "budget", "model") if not doc.get(n)]
+    if missing:
+        raise click.UsageError(f"missing {', '.join('--' + m for m in missing)} (or set them in --config)")
+    try:
+        cfg = CurateConfig.from_dict({**doc, "index": IndexConfig(**index_doc)})
+        result = curate(cfg)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    rep = result.report
+    sel = rep["selection"]
+    click.echo(f"wrote {result.manifest} ({sel['selected']} crops for {rep['queries']['n']} queries, "
+               f"quota {sel['quota_per_query']}) and {result.manifest.with_suffix('.report.json')}")
+    idx = rep["index"]
+    rec = idx.get("recall_at_k")
+    click.echo(f"index {idx.get('kind')} ({idx.get('backend', '-')})"
+               + (f", recall@{rec['k']} vs exact {rec['recall']:.3f}" if rec else ""))
+    click.echo(f"leakage guard: {rep['leakage_guard']['excluded_crops']} crops "
+               f"({rep['leakage_guard']['excluded_images']} images) excluded; skipped {sel['skipped']}")
+    for src, c in sorted(rep["composition"].items(), key=lambda kv: -kv[1]["count"]):
+        click.echo(f"  {c['count']:>7}  {c['fraction']:.3f}  {src}")

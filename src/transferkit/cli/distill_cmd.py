@@ -1,0 +1,105 @@
+"""`transferkit distill`: train a small student from a foundation-model teacher (and the baselines)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _csv_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _build_config(config: str | None, sets: tuple[str, ...], options: dict[str, Any]) -> Any:
+    from ..distill import DistillConfig
+
+    cfg = DistillConfig.from_yaml(config) if config else DistillConfig()
+    changes = {k: v for k, v in options.items() if v is not None}
+    if changes:
+        cfg = cfg.replace(**changes)
+    if sets:
+        cfg = cfg.override(list(sets))
+    return cfg
+
+
+def _print_run(r: dict[str, Any]) -> None:
+    from ..reporting import format_table
+
+    cost = r.get("cost", {})
+    row = {"method": r["method"], "seed": r["seed"], "student_acc": r.get("student_accuracy", float("nan"))}
+    if r.get("teacher_accuracy") is not None:
+        row["teacher_acc"] = r["teacher_accuracy"]
+    row["teacher_fwd"] = sum(v for k, v in cost.get("teacher_forward", {}).items() if k != "test")
+    row["student_steps"] = sum(cost.get("student_steps", {}).values())
+    row["seconds"] = cost.get("seconds", {}).get("total", float("nan"))
+    click.echo(format_table([row], precision=4))
+
+
+@click.command("distill")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Run config (YAML); options below override it.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any config field (YAML value), e.g. --set distill.lr=0.002 --set views=4.")
+@click.option("--teacher", help="Teacher model spec (timm name, local-dir:<folder>, arch@checkpoint).")
+@click.option("--student", help="Student model spec.")
+@click.option("--data", help="Labeled target dataset (folder, zip, csv, npz, IDX).")
+@click.option("--per-class", type=int, help="Few-shot: labeled images per class.")
+@click.option("--transfer", help="Unlabeled transfer set: a dataset (labels ignored) or a `transferkit curate` manifest.")
+@click.option("--method", type=click.Choice(["task_oriented", "feature_distill", "pretrained", "scratch"]),
+              help="One method (default: the config's).")
+@click.option("--methods", help="Comma-separated methods (or 'all'): run each and print a comparison table.")
+@click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (comparison over seeds).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (or root of a comparison).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), help="Cache folder for teacher outputs.")
+@click.option("--device", help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--export-onnx/--no-export-onnx", default=None, help="Export the final student to ONNX (+ check).")
+@click.option("--resume/--no-resume", default=None, help="Continue an interrupted run (default) or start over.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+def command(config: str | None, sets: tuple[str, ...], teacher: str | None, student: str | None, data: str | None,
+            per_class: int | None, transfer: str | None, method: str | None, methods: str | None, seeds: str | None,
+            out_dir: str | None, cache_dir: str | None, device: str | None, export_onnx: bool | None,
+            resume: bool | None, print_config: bool) -> None:
+    """Task-oriented knowledge transfer from a TEACHER to a small STUDENT, or one of the baselines.
+
+    (a) adapt the teacher to the labeled target set (linear probe or fine-tune), (b) train the student on
+    the unlabeled transfer set to match the teacher's predictions, (c) fine-tune it on the labeled set.
+    With --methods/--seeds, every (method, seed) runs in OUT/<method>/seed<k> and a table is printed.
+    Interrupted runs resume where they stopped.
+    """
+    from ..distill import METHODS, run_comparison, run_distill, summarize
+    from ..reporting import format_table, write_csv, write_json
+
+    try:
+        cfg = _build_config(config, sets, {
+            "teacher": teacher, "student": student, "data": data, "per_class": per_class, "transfer": transfer,
+            "method": method, "out_dir": out_dir, "cache_dir": cache_dir, "device": device,
+            "export_onnx": export_onnx, "resume": resume})
+        if print_config:
+            click.echo(cfg.to_yaml(), nl=False)
+            return
+        method_list = list(METHODS) if (methods or "").strip() == "all" else _csv_list(methods)
+        bad = [m for m in method_list if m not in METHODS]
+        if bad:
+            raise click.BadParameter(f"unknown method(s) {bad}; choose from {list(METHODS)}", param_hint="--methods")
+        try:
+            seed_list = [int(s) for s in _csv_list(seeds)]
+        except ValueError as exc:
+            raise click.BadParameter(f"seeds must be integers ({exc})", param_hint="--seeds") from exc
+        if not method_list and not seed_list:
+            _print_run(run_distill(cfg.validate()))
+            click.echo(f"results: {Path(cfg.out_dir) / 'results.json'}")
+            return
+        method_list = method_list or [cfg.method]
+        seed_list = seed_list or [cfg.seed]
+        for m in method_list:  # fail before hours of work, not after
+            cfg.replace(method=m).validate()
+        results = run_comparison(cfg, method_list, seed_list)
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    rows = summarize(results)
+    root = Path(cfg.out_dir)
+    write_csv(root / "summary.csv", rows)
+    write_json(root / "summary.json", {"rows": rows, "runs": results})
+    click.echo(format_table(rows, precision=4))
+    click.echo(f"summary: {root / 'summary.csv'}")

@@ -1,0 +1,92 @@
+"""`transferkit extract`: frozen features of a model zoo on one dataset, through the feature cache."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+
+def _models(values: tuple[str, ...]) -> list[str]:
+    return [m.strip() for v in values for m in v.split(",") if m.strip()]
+
+
+def _floats(value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    return tuple(float(v) for v in value.replace(",", " ").split())
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@+-]+", "_", name).strip("_") or "model"
+
+
+@click.command("extract")
+@click.option("--models", "-m", multiple=True,
+              help="Model spec (repeat, or comma-separate): timm name, local-dir:<folder>, <arch>@<checkpoint>, path.")
+@click.option("--zoo", "zoo_file", type=click.Path(dir_okay=False, exists=True), help="Zoo YAML file.")
+@click.option("--data", "-d", required=True,
+              help="Dataset: image folder, .zip, .csv manifest, .npz, IDX folder/file, or 'fashion-mnist'.")
+@click.option("--split", default=None, help="Split (train/test/val/all); default train if present, else all.")
+@click.option("--per-class", type=int, default=None, help="Seeded stratified subsample: at most N images per class.")
+@click.option("--seed", default=0, show_default=True, help="Seed of subsampling and of splits made here.")
+@click.option("--test-fraction", default=0.2, show_default=True,
+              help="Share of each class in 'test' when the dataset has no native split.")
+@click.option("--cache", default=".transferkit_cache", show_default=True, help="Feature cache directory.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Also export <out>/<model>.npz (X, y, P) for `transferkit rank`.")
+@click.option("--batch-size", "-b", default=64, show_default=True)
+@click.option("--workers", type=int, default=None, help="DataLoader workers (default: by device and cores).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--layer", default=None, help="Module name to take features from (default: pooled penultimate).")
+@click.option("--input-size", type=int, default=None, help="Override the model's input resolution.")
+@click.option("--crop-pct", type=float, default=None, help="Override the centre-crop fraction.")
+@click.option("--interpolation", default=None, help="Override the resize interpolation (bilinear, bicubic...).")
+@click.option("--mean", default=None, help="Override the normalisation mean, e.g. '0.5,0.5,0.5'.")
+@click.option("--std", default=None, help="Override the normalisation std.")
+@click.option("--no-probs", is_flag=True, help="Do not store source-classifier probabilities.")
+@click.option("--keep-background", is_flag=True, help="Keep a 'background' output in the probabilities.")
+@click.option("--strict", is_flag=True, help="Stop on the first unreadable image instead of skipping it.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def command(models: tuple[str, ...], zoo_file: str | None, data: str, split: str | None, per_class: int | None,
+            seed: int, test_fraction: float, cache: str, out_dir: str | None, batch_size: int,
+            workers: int | None, device: str, precision: str, layer: str | None, input_size: int | None,
+            crop_pct: float | None, interpolation: str | None, mean: str | None, std: str | None,
+            no_probs: bool, keep_background: bool, strict: bool, no_progress: bool) -> None:
+    """Extract features of MODELS (or a --zoo) on --data into the cache (and --out as .npz).
+
+    A second run with the same inputs computes nothing; an interrupted run resumes. Under
+    `torchrun --nproc_per_node N --no-python transferkit extract ...` the work is split over the processes.
+    """
+    from ..data import CorruptImageError
+    from ..features import dist_context, extract_zoo
+    from ..reporting import format_table
+
+    specs = _models(models)
+    if bool(specs) == bool(zoo_file):
+        raise click.UsageError("give either --models or --zoo")
+    preprocess = {"input_size": input_size, "crop_pct": crop_pct, "interpolation": interpolation,
+                  "mean": _floats(mean), "std": _floats(std)}
+    try:
+        sets = extract_zoo(zoo_file if zoo_file else specs, data, split=split, cache_dir=cache, per_class=per_class,
+                           seed=seed, batch_size=batch_size, num_workers=workers, device=device,
+                           progress=not no_progress, test_fraction=test_fraction, precision=precision, layer=layer,
+                           probs=not no_probs, drop_background=not keep_background, strict=strict,
+                           **{k: v for k, v in preprocess.items() if v is not None})
+    except (CorruptImageError, FileNotFoundError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
+    if not dist_context().is_main:
+        return
+    rows = []
+    for name, fs in sets.items():
+        row = {"model": name, "n": len(fs), "dim": fs.dim,
+               "probs": fs.probs.shape[1] if fs.probs is not None else "-",
+               "cache": "hit" if fs.metadata.get("cache_hit") else "computed",
+               "seconds": fs.metadata.get("seconds", 0.0) if not fs.metadata.get("cache_hit") else 0.0,
+               "skipped": len(fs.metadata.get("skipped", []))}
+        if out_dir:
+            row["file"] = str(fs.save_npz(Path(out_dir) / f"{_safe(name)}.npz"))
+        rows.append(row)
+    click.echo(format_table(rows, precision=2))

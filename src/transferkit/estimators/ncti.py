@@ -1,0 +1,253 @@
+"""NCTI: Neural-Collapse-informed Transferability Index (Wang et al., ICCV 2023).
+
+Reference: BUserName/NCTI ``NCTI_Score``.  Pipeline (reconstructed and checked against the
+reference outputs):
+
+1. ``PCA(n_components=64)`` with scikit-learn's automatic solver choice (randomized SVD for most
+   shapes, drawn from NumPy's global RNG, which the reference seeded with 0 - the same stream as
+   ``random_state=0`` here).  Upstream crashes when min(N, D) < 64; we clip with
+   `safe_n_components` and warn.
+2. Linear discriminant analysis on the PCA features (``LinearDiscriminantAnalysis`` semantics:
+   within-class scatter ``Sw`` = prior-weighted class covariances, generalized eigenproblem
+   ``eigh(St - Sw, Sw)``, projection onto the top ``min(C - 1, d)`` discriminant directions).
+3. Components
+   * ``ncti_seli`` (simplex-encoded-label-interpolation geometry): nuclear norm of the LDA
+     projection ``Z = X_pca @ W``;
+   * ``ncti_ncc`` (nearest-centre classifier): mean LDA posterior of the true class;
+   * ``ncti_vc`` (within-class variability collapse, lower is better):
+     ``log(sum_c ||P_c||_*)`` with ``P_c`` the posterior rows of class c.
+
+The published NCTI score is zoo-level: ``minmax(ncc) + minmax(seli) - minmax(vc)`` across
+models; a single model's `score` is ``ncti_seli``.
+
+Speed: the PCA step reproduces scikit-learn's randomized SVD (same random draws, same subspace
+``X (X^T X)^q Omega``, same final projection) but runs the power iterations on the small Gram
+matrix instead of the N x D data, which is several times faster and equal to rounding; exact
+solvers use the eigendecomposition of the smaller Gram matrix.  Everything downstream is exactly
+invariant to the sign/rotation freedom of the PCA basis.
+
+Known difference: on four digits inputs of the reference set whose within-class scatter is
+(near-)singular after PCA, the reference LDA behaves as scikit-learn's eigen solver with a small
+data-dependent shrinkage (1e-3 .. 1e-2) whose formula we could not recover; there our unshrunk
+LDA (restricted to the range of ``Sw`` when it is singular) differs by 1e-4 .. 2e-1 relative.
+The ``shrinkage`` parameter exposes scikit-learn's shrinkage (0 = none, the default).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from scipy import linalg
+from scipy.special import logsumexp
+
+from ._base import TransferabilityEstimator, minmax, register_estimator
+from ._validation import CheckedInputs, safe_n_components
+
+__all__ = ["NCTI", "ncti_components", "pca_transform"]
+
+
+# -- PCA, equal to sklearn.decomposition.PCA(n, random_state=rs).fit_transform up to column signs
+def _sklearn_auto_solver(n_samples: int, n_features: int, n_components: int) -> str:
+    """scikit-learn's (>= 1.5) automatic choice of PCA solver for dense input."""
+    if n_features <= 1_000 and n_samples >= 10 * n_features:
+        return "covariance_eigh"
+    if max(n_samples, n_features) <= 500:
+        return "full"
+    if 1 <= n_components < 0.8 * min(n_samples, n_features):
+        return "randomized"
+    return "full"
+
+
+def _gram(A: np.ndarray) -> np.ndarray:
+    """A.T @ A (numpy dispatches this to BLAS syrk)."""
+    return A.T @ A
+
+
+def _centred_gram(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(X - mean).T @ (X - mean) without the centred copy when the mean is not dominant."""
+    n = X.shape[0]
+    G = X.T @ X
+    G -= n * np.outer(mean, mean)
+    var = np.diag(G) / n
+    if np.any(mean**2 > 1e6 * np.maximum(var, np.finfo(float).tiny)):  # cancellation: be exact
+        Xc = X - mean
+        G = Xc.T @ Xc
+    return G
+
+
+def _exact_pca(Xc: np.ndarray, k: int) -> np.ndarray:
+    """Top-k principal scores of centred data, from the smaller Gram matrix."""
+    n, d = Xc.shape
+    if d <= n:
+        _, V = linalg.eigh(_gram(Xc), subset_by_index=[d - k, d - 1])
+        return Xc @ V[:, ::-1]
+    w, U = linalg.eigh(_gram(Xc.T), subset_by_index=[n - k, n - 1])
+    return U[:, ::-1] * np.sqrt(np.clip(w[::-1], 0.0, None))
+
+
+def _randomized_pca(X: np.ndarray, mean: np.ndarray, k: int, random_state: int) -> np.ndarray | None:
+    """scikit-learn's randomized PCA scores (n_oversamples=10, n_iter='auto'), Gram-based.
+
+    sklearn forms Q = orth(M (M^T M)^q Omega), B = Q^T M and returns the top-k singular triplets
+    of B, with M the centred data (or its transpose when N < D).  The column space does not
+    depend on the normalisation between power iterations, so we iterate on the small Gram
+    matrix M^T M.  Returns None when the sketch is (numerically) rank deficient; the caller then
+    falls back to scikit-learn itself.
+    """
+    n, d = X.shape
+    size = k + 10
+    q = 7 if k < 0.1 * min(n, d) else 4
+    transpose = n < d
+    omega = np.random.RandomState(random_state).normal(size=(n if transpose else d, size))
+    if transpose:
+        Xc = X - mean
+        G = _gram(Xc.T)  # M = Xc^T: M^T M = Xc Xc^T (n x n)
+    else:
+        G = _centred_gram(X, mean)  # M = Xc: M^T M (d x d)
+    W = omega
+    for _ in range(q):
+        W = linalg.lu(G @ W, permute_l=True, check_finite=False)[0]
+    GW = G @ W
+    try:
+        R = linalg.cholesky(W.T @ GW, lower=False)  # (M W)^T (M W) = R^T R, Q = M W R^-1
+    except linalg.LinAlgError:
+        return None
+    diag = np.abs(np.diag(R))
+    if not np.all(np.isfinite(R)) or diag.min() <= 1e-7 * diag.max():
+        return None
+    Bt = linalg.solve_triangular(R, GW.T, trans="T", lower=False).T  # B^T = M^T Q
+    Ub, s, _ = linalg.svd(Bt.T, full_matrices=False)
+    if transpose:  # scores = B^T Ub_k
+        return Bt @ Ub[:, :k]
+    # scores = Q Ub_k s_k = Xc W R^-1 Ub_k s_k
+    T = W @ linalg.solve_triangular(R, Ub[:, :k] * s[:k], lower=False)
+    return X @ T - mean @ T
+
+
+def pca_transform(X: np.ndarray, n_components: int, random_state: int = 0) -> np.ndarray:
+    """``PCA(n_components, random_state=random_state).fit_transform(X)`` up to column signs."""
+    mean = X.mean(axis=0)
+    n, d = X.shape
+    if _sklearn_auto_solver(n, d, n_components) == "randomized":
+        Z = _randomized_pca(X, mean, n_components, random_state)
+        if Z is not None and np.all(np.isfinite(Z)):
+            return Z
+        from sklearn.decomposition import PCA  # rank-deficient sketch: defer to sklearn
+
+        return PCA(n_components, random_state=random_state).fit_transform(X)
+    return _exact_pca(X - mean, n_components)
+
+
+# -- LDA (scikit-learn LinearDiscriminantAnalysis semantics) -------------------------------------
+def _lda(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float):
+    """Discriminant directions (d x r, Sw-orthonormal, most discriminative first), means, priors."""
+    n, d = X.shape
+    counts = np.bincount(y, minlength=C).astype(np.float64)
+    priors = counts / n
+    onehot = np.zeros((C, n))
+    onehot[y, np.arange(n)] = 1.0
+    means = (onehot @ X) / counts[:, None]
+    xbar = priors @ means
+    Sw = _gram(X - means[y]) / n  # = sum_c pi_c cov_c (biased), as sklearn
+    Mc = (means - xbar) * np.sqrt(priors)[:, None]
+    Sb_eff = Mc.T @ Mc  # = St - Sw
+    if shrinkage > 0.0:
+        # sklearn shrinks every class covariance, and St, towards (trace / d) * I
+        St = Sw + Sb_eff
+        Sw = (1.0 - shrinkage) * Sw + shrinkage * (np.trace(Sw) / d) * np.eye(d)
+        St = (1.0 - shrinkage) * St + shrinkage * (np.trace(St) / d) * np.eye(d)
+        Sb_eff = St - Sw
+    # whiten with Sw (restricted to its numerical range when singular), then diagonalise Sb
+    w, U = linalg.eigh(Sw)
+    keep = w > max(w[-1], 0.0) * 1e-12 * d
+    if not keep.all():
+        warnings.warn(
+            f"ncti: within-class scatter is singular after PCA (rank {int(keep.sum())} of {d}); "
+            "LDA is restricted to its range",
+            UserWarning,
+            stacklevel=4,
+        )
+    A = U[:, keep] / np.sqrt(w[keep])
+    lam, V = linalg.eigh(A.T @ Sb_eff @ A)
+    order = np.argsort(lam)[::-1]
+    scalings = A @ V[:, order]
+    return scalings, means, priors
+
+
+def _sum_classwise_nuclear_norms(P: np.ndarray, y: np.ndarray, C: int) -> float:
+    """sum_c ||P[y == c]||_*, one batched SVD (blocks zero-padded to equal height)."""
+    counts = np.bincount(y, minlength=C)
+    order = np.argsort(y, kind="stable")
+    rank_in_class = np.arange(len(y)) - np.repeat(np.cumsum(counts) - counts, counts)
+    blocks = np.zeros((C, int(counts.max()), P.shape[1]))
+    blocks[y[order], rank_in_class] = P[order]
+    if blocks.shape[1] < blocks.shape[2]:
+        blocks = blocks.transpose(0, 2, 1)  # same singular values; tall blocks are faster
+    return float(np.sum(np.linalg.svd(blocks, compute_uv=False)))
+
+
+def ncti_components(
+    X: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.0
+) -> dict[str, float]:
+    """(seli, ncc, vc) of PCA features X (N x d) - steps 2-3 of the module docstring."""
+    n, d = X.shape
+    C = n_classes
+    scalings, means, priors = _lda(X, y, C, shrinkage)
+    r = min(C - 1, d, scalings.shape[1])
+    W = scalings[:, :r]
+    # ||X W||_* from the r x r Gram matrix (its eigenvalues are >= N(1 - shrinkage): well scaled)
+    gram_z = W.T @ _gram(X) @ W
+    seli = float(np.sum(np.sqrt(np.clip(linalg.eigvalsh(gram_z), 0.0, None))))
+    # posteriors: softmax(X Sw^+ mu_c - mu_c Sw^+ mu_c / 2 + log pi_c)  (sklearn eigen solver)
+    coef = (means @ scalings) @ scalings.T
+    logits = X @ coef.T
+    logits += -0.5 * np.einsum("cd,cd->c", means, coef) + np.log(priors)
+    logits -= logsumexp(logits, axis=1, keepdims=True)
+    P = np.exp(logits)
+    ncc = float(np.mean(P[np.arange(n), y]))
+    total = _sum_classwise_nuclear_norms(P, y, C)
+    return {"ncti_seli": seli, "ncti_ncc": ncc, "ncti_vc": float(np.log(total))}
+
+
+@register_estimator
+class NCTI(TransferabilityEstimator):
+    """NCTI (SELI, NCC and VC components; zoo-level min-max combination)."""
+
+    name = "ncti"
+    summary = "NCTI: neural-collapse geometry (SELI nuclear norm, NCC posterior, VC) after PCA+LDA"
+    reference = (
+        "BUserName/NCTI: NCTI_Score; Wang et al., How Far Pre-trained Models Are from Neural "
+        "Collapse on the Target Dataset Informs their Transferability, ICCV 2023"
+    )
+    needs_features = True
+    needs_source_probs = False
+    zoo_level = True
+    components = ("ncti_seli", "ncti_ncc", "ncti_vc")
+    min_per_class = 1
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {"n_components": 64, "shrinkage": 0.0}
+
+    def _score(self, data: CheckedInputs, random_state: int) -> dict[str, float]:
+        shrinkage = float(self.params["shrinkage"])
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"ncti: shrinkage must be in [0, 1]; got {shrinkage!r}")
+        k = safe_n_components(
+            int(self.params["n_components"]), data.n_samples, data.n_features, "ncti"
+        )
+        Xp = pca_transform(data.X, k, random_state)
+        out = ncti_components(Xp, data.y, data.n_classes, shrinkage)
+        return {"score": out["ncti_seli"], **out}
+
+    def combine_zoo(self, per_model: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        """Published NCTI: ``minmax(ncc) + minmax(seli) - minmax(vc)`` across models."""
+        if not per_model:
+            raise ValueError("ncti: combine_zoo needs at least one model")
+        ncc = minmax({m: float(r["ncti_ncc"]) for m, r in per_model.items()})
+        seli = minmax({m: float(r["ncti_seli"]) for m, r in per_model.items()})
+        vc = minmax({m: float(r["ncti_vc"]) for m, r in per_model.items()})
+        return {m: ncc[m] + seli[m] - vc[m] for m in per_model}

@@ -1,0 +1,165 @@
+"""Train one grid point (lr, weight decay): full fine-tuning with AdamW, test accuracy after every epoch.
+
+Every epoch ends with an atomic checkpoint (model, optimizer, scheduler, AMP scaler, accuracy history), and
+every random choice of an epoch (shuffling, crops, flips, dropout) comes from a generator seeded with
+``(seed, grid point, epoch)``: a run killed at any moment restarts from its last finished epoch and gives
+the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import FinetuneConfig
+from .images import ImageTensors, augment_batch, normalize_batch
+
+__all__ = ["EpochCallback", "TrainContext", "evaluate", "train_grid_point"]
+
+EpochCallback = Callable[[int, int, float], None]  # (grid point index, epoch (1-based), test accuracy %)
+
+
+@dataclass
+class TrainContext:
+    """What every grid point shares: data, normalisation, device and precision."""
+
+    train: ImageTensors
+    test: ImageTensors
+    mean: torch.Tensor
+    std: torch.Tensor
+    device: torch.device
+    precision: str  # fp32 / bf16 / fp16
+
+
+def _epoch_seed(seed: int, point: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(point), int(epoch)]).generate_state(1)[0])
+
+
+def _autocast(ctx: TrainContext) -> contextlib.AbstractContextManager:
+    if ctx.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if ctx.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=ctx.device.type, dtype=dtype)
+
+
+def _set_train_mode(model: nn.Module, bn: str) -> None:
+    model.train()
+    if bn == "frozen":  # keep running statistics (affine parameters still train)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _param_groups(model: nn.Module, lr: float, wd: float, head_scale: float) -> list[dict[str, Any]]:
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    top = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
+    groups = [{"params": body, "lr": lr, "weight_decay": wd}]
+    if top:
+        groups.append({"params": top, "lr": lr * head_scale, "weight_decay": wd})
+    return groups
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: ImageTensors, ctx: TrainContext, batch_size: int) -> float:
+    """Top-1 accuracy (percent) of ``model`` on ``data``."""
+    model.eval()
+    correct = 0
+    for s in range(0, len(data), batch_size):
+        x = normalize_batch(data.images[s:s + batch_size], ctx.mean, ctx.std).to(ctx.device)
+        with _autocast(ctx):
+            logits = model(x)
+        correct += int((logits.argmax(1).cpu() == data.labels[s:s + batch_size]).sum())
+    return 100.0 * correct / max(1, len(data))
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cfg: FinetuneConfig,
+                     ctx: TrainContext, checkpoint: Path, *, on_epoch: EpochCallback | None = None,
+                     desc: str = "") -> tuple[list[float], float]:
+    """Fine-tune a copy of ``base_model`` at (lr, wd) for ``cfg.epochs`` epochs, resuming from ``checkpoint``
+    when it belongs to this grid point. Returns (test accuracy after each epoch, seconds spent in total)."""
+    model = copy.deepcopy(base_model).to(ctx.device)
+    opt = torch.optim.AdamW(_param_groups(model, lr, wd, cfg.head_lr_scale), lr=lr, weight_decay=wd)
+    n, bs = len(ctx.train), cfg.batch_size
+    steps_per_epoch = max(1, math.ceil(n / bs))
+    total = steps_per_epoch * cfg.epochs
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "fp16")
+    history: list[float] = []
+    seconds = 0.0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=ctx.device, weights_only=True)
+        if int(state["point"]) == point:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            history, seconds = [float(a) for a in state["history"]], float(state["seconds"])
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=len(history) * steps_per_epoch, desc=desc, unit="step", leave=False,
+               dynamic_ncols=True, disable=not cfg.progress)
+    try:
+        for epoch in range(len(history), cfg.epochs):
+            t0 = time.perf_counter()
+            es = _epoch_seed(cfg.seed, point, epoch)
+            gen = torch.Generator().manual_seed(es)
+            torch.manual_seed(es)  # dropout / drop-path
+            order = torch.randperm(n, generator=gen)
+            _set_train_mode(model, cfg.bn)
+            for s in range(0, n, bs):
+                idx = order[s:s + bs]
+                x = augment_batch(ctx.train.images[idx], cfg.augment, gen)
+                x = normalize_batch(x, ctx.mean, ctx.std).to(ctx.device, non_blocking=True)
+                y = ctx.train.labels[idx].to(ctx.device, non_blocking=True)
+                with _autocast(ctx):
+                    loss = loss_fn(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                bar.update(1)
+            acc = evaluate(model, ctx.test, ctx, cfg.eval_batch_size)
+            history.append(acc)
+            seconds += time.perf_counter() - t0
+            bar.set_postfix(acc=f"{acc:.2f}", best=f"{max(history):.2f}", loss=f"{loss.item():.3f}")
+            _atomic_torch_save({"point": point, "lr": lr, "weight_decay": wd, "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                "scaler": scaler.state_dict(), "history": history, "seconds": seconds},
+                               checkpoint)
+            if on_epoch is not None:
+                on_epoch(point, epoch + 1, acc)
+    finally:
+        bar.close()
+    return history, seconds
