@@ -206,6 +206,7 @@ def run_target(args: argparse.Namespace, target: str, pool: list, cache_dir: str
            "pool share": n_pool.get(spec, 0) / total, "curated from target": frac(rep_b),
            "random from target": frac(rep_r),
            "mean sim": rep_b["selection"]["mean_similarity"],
+           "exact copies": rep_b["leakage_guard"]["exact_copies_images"],
            "leak excl. crops": rep_b["leakage_guard"]["excluded_crops"],
            "leak excl. images": rep_b["leakage_guard"]["excluded_images"],
            "leak in random": rep_r["leakage_guard"]["excluded_crops"],
@@ -222,30 +223,30 @@ def run_distill(args: argparse.Namespace, target: str, manifests: dict[str, str]
     try:
         from transferkit import distill  # noqa: F401
     except ImportError:
-        print("\n## 4. Distillation: skipped (transferkit.distill is not installed yet)")
+        print("\n## 4. Distillation: skipped (transferkit.distill is not installed)")
         return []
     import subprocess
 
     rows = []
     for strategy, manifest in manifests.items():
         run_dir = out_dir / f"distill_{target}_{strategy}"
-        cmd = [sys.executable, "-m", "transferkit.cli", "distill", "--target", str(DATA / SOURCES[target][0]),
-               "--transfer", manifest, "--out", str(run_dir)] + list(args.distill_args)
-        print("running:", " ".join(cmd))
+        cmd = [sys.executable, "-c", "from transferkit.cli import main; main()", "distill",
+               "--teacher", args.teacher, "--student", args.student, "--data", str(DATA / SOURCES[target][0]),
+               "--per-class", str(args.shots), "--transfer", manifest, "--method", "task_oriented",
+               "--out", str(run_dir), "--set", f"test_per_class={args.test_per_class}"] + list(args.distill_args)
+        print("running:", " ".join(cmd), flush=True)
         t0 = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True)
-        acc = None
-        for name in ("metrics.json", "report.json", "results.json"):
-            f = run_dir / name
-            if f.exists():
-                d = json.loads(f.read_text())
-                acc = d.get("test_accuracy", d.get("accuracy"))
-                break
-        rows.append({"target": target, "transfer set": strategy, "accuracy": acc,
+        res = run_dir / "results.json"
+        d = json.loads(res.read_text()) if res.exists() else {}
+        rows.append({"target": target, "transfer set": strategy, "transfer size": args.budget,
+                     "student acc": d.get("student_accuracy"), "teacher acc": d.get("teacher_accuracy"),
                      "seconds": time.perf_counter() - t0, "rc": p.returncode,
                      "note": (p.stderr.strip().splitlines() or [""])[-1][:120] if p.returncode else ""})
-    print("\n## 4. Student accuracy after distillation: curated vs random transfer set (same size, same pool)")
-    print(_table(rows, ["target", "transfer set", "accuracy", "seconds", "rc", "note"]))
+    print("\n## 4. Student accuracy after task-oriented distillation: curated vs random transfer set "
+          "(same size, same pool)")
+    print(_table(rows, ["target", "transfer set", "transfer size", "student acc", "teacher acc", "seconds", "rc",
+                        "note"]))
     return rows
 
 
@@ -259,14 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imagenet-items", type=int, default=300, help="ImageNet sample images in the pool")
     ap.add_argument("--test-per-class", type=int, default=10, help="target test images per class (leak guard)")
     ap.add_argument("--scales", default="1,0.5", help="gallery crop scales")
-    ap.add_argument("--dup-threshold", type=float, default=0.95)
-    ap.add_argument("--leak-threshold", type=float, default=0.95)
+    ap.add_argument("--dup-threshold", type=float, default=0.98)
+    ap.add_argument("--leak-threshold", type=float, default=0.995)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--k", type=int, default=10, help="k of recall@k")
     ap.add_argument("--synthetic", type=int, default=100_000, help="synthetic gallery size for the index benchmark")
     ap.add_argument("--cache-dir", default=None, help="embedding cache (default: a fresh temporary one = cold)")
     ap.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results" / "curate"))
-    ap.add_argument("--distill", action="store_true", help="also distill with curated vs random sets")
+    ap.add_argument("--distill", action="store_true", help="also distill with curated vs random sets (first target)")
+    ap.add_argument("--teacher", default=str(SHARED / "weights" / "tf_efficientnet_lite2.in1k"))
+    ap.add_argument("--student", default=str(SHARED / "weights" / "mobilenetv1_025.in1k"))
     ap.add_argument("--distill-args", nargs=argparse.REMAINDER, default=[], help="extra `transferkit distill` args")
     ap.add_argument("--faiss-threads", type=int, default=None, help="faiss OpenMP threads (default: all cores)")
     ap.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## 3. Composition: {args.shots} shots/class as queries, budget {args.budget} crops, "
               f"pool of {gallery.n} crops ({len(grid)} per image) from {len(pool)} sources")
         print(_table(comp_rows, ["target", "queries", "selected", "pool share", "curated from target",
-                                 "random from target", "mean sim", "leak excl. crops", "leak excl. images",
+                                 "random from target", "mean sim", "exact copies", "leak excl. crops", "leak excl. images",
                                  "leak in random", "query imgs excl."]))
         for r in comp_rows:
             print(f"  {r['target']}: curated composition {r['curated composition']}")

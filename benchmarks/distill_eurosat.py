@@ -218,12 +218,12 @@ def build_table(results: Path, base: Any, cells: list[dict[str, Any]], machine: 
         f"{'all' if base.test_per_class is None else base.test_per_class} test images per class. "
         f"Transfer sets: EuroSAT train minus the labeled images; CIFAR-10 train subset of the same size (labels dropped). "
         f"{base.views} views per transfer image (teacher run once per view, cached). "
-        f"Distillation: {d.epochs:g} epochs, batch {d.batch_size}, AdamW lr {d.lr:g}, wd {d.weight_decay:g}, cosine; "
+        f"Distillation: {_length(d)}, batch {d.batch_size}, AdamW lr {d.lr:g}, wd {d.weight_decay:g}, cosine; "
         f"KL at T={base.temperature:g} (soft {base.soft_weight:g}, hard {base.hard_weight:g}); feature distillation: "
         f"{base.feature_loss} loss through a linear projection; students start from "
-        f"{base.student_init} weights. Fine-tuning (every method): {f.epochs:g} epochs, batch {f.batch_size}, "
+        f"{base.student_init} weights. Fine-tuning (every method): {_length(f)}, batch {f.batch_size}, "
         f"AdamW lr {f.lr:g}, wd {f.weight_decay:g}. Seeds {sorted({c['seed'] for c in cells})}.")
-    text = ("## EuroSAT, 10 labels per class: task-oriented transfer vs baselines\n\n" + "\n".join(lines) + "\n\n"
+    text = (f"## EuroSAT, {base.per_class} labels per class: task-oriented transfer vs baselines\n\n" + "\n".join(lines) + "\n\n"
             + settings + "\n\nteacher fwd = teacher forward passes the method needs (adaptation + transfer-set views; "
             "test-set evaluation of the teacher excluded); teacher s (est.) = those x the measured teacher seconds "
             "per view on this machine; student wall s = distillation + fine-tuning stages. "
@@ -233,25 +233,38 @@ def build_table(results: Path, base: Any, cells: list[dict[str, Any]], machine: 
     return text
 
 
+def _length(stage: Any) -> str:
+    return f"{stage.steps} steps" if stage.steps is not None else f"{stage.epochs:g} epochs"
+
+
 # ------------------------------------------------------------------------------------------------
 # estimate
 # ------------------------------------------------------------------------------------------------
 def estimate(cells: list[dict[str, Any]], jobs: int) -> None:
-    """Time a few teacher batches and student steps here and extrapolate the grid's wall time."""
+    """Time a few teacher batches and student steps here and extrapolate the grid's wall time.
+
+    Two figures: wall time at the machine's current load, and CPU time (what the same work takes on cores
+    nobody else uses, with one thread per job).
+    """
     import torch
 
+    from transferkit.distill.data import ViewDataset
     from transferkit.distill.models import build_model
+    from transferkit.distill.pipeline import _all_views, _open_labeled, _TeacherSide, open_transfer
+    from transferkit.distill.targets import item_keys
+    from transferkit.distill.views import AugRecipe
+    from transferkit.features.distributed import DistContext
 
     base = cells[0]["config"]
     threads = base.num_threads or torch.get_num_threads()
     torch.set_num_threads(threads)
 
-    def per_item(fn, n_items: int, reps: int = 3) -> float:
+    def per_item(fn: Any, n_items: int, reps: int = 3) -> tuple[float, float]:
         fn()
-        t = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         for _ in range(reps):
             fn()
-        return (time.perf_counter() - t) / (reps * n_items)
+        return ((time.perf_counter() - w) / (reps * n_items), (time.process_time() - c) / (reps * n_items))
 
     tm, tdc, _ = build_model(base.teacher, 0, input_size=base.teacher_input_size)
     s = tdc["input_size"][1]
@@ -275,13 +288,7 @@ def estimate(cells: list[dict[str, Any]], jobs: int) -> None:
     with torch.inference_mode():
         t_e = per_item(lambda: sm.eval()(xe), len(xe))
     # teacher views still missing from the cache
-    from transferkit.distill.pipeline import _TeacherSide, _all_views, _open_labeled, open_transfer
-    from transferkit.distill.targets import item_keys
-    from transferkit.distill.views import AugRecipe
-    from transferkit.distill.data import ViewDataset
-
-    missing, needed, seen = 0, 0, set()
-    n_test = 0
+    missing, needed, seen, n_test = 0, 0, set(), 0
     for c in cells:
         cfg = c["config"]
         labeled, test = _open_labeled(cfg)
@@ -289,8 +296,7 @@ def estimate(cells: list[dict[str, Any]], jobs: int) -> None:
         if cfg.method not in ("task_oriented", "feature_distill"):
             continue
         recipe = AugRecipe(tuple(cfg.aug_scale), tuple(cfg.aug_ratio), cfg.aug_hflip, cfg.aug_vflip)
-        side = _TeacherSide(cfg, torch.device("cpu"), "fp32", __import__("transferkit.features.distributed",
-                            fromlist=["DistContext"]).DistContext(), 0, recipe)
+        side = _TeacherSide(cfg, torch.device("cpu"), "fp32", DistContext(), 0, recipe)
         transfer, _ = open_transfer(cfg, labeled)
         parts = [(transfer, _all_views(len(transfer), cfg.views))]
         if cfg.method == "task_oriented":
@@ -302,26 +308,24 @@ def estimate(cells: list[dict[str, Any]], jobs: int) -> None:
                     seen.add(k)
                     needed += 1
                     missing += k not in side.store
-    cell_s = []
-    for c in cells:
-        cfg = c["config"]
-        n_lab = cfg.per_class * 10 if cfg.per_class else 4000
-        ft = cfg.finetune.num_steps(n_lab) * t_f
-        di = 0.0
-        if cfg.method in ("task_oriented", "feature_distill"):
-            n_tr = cfg.transfer_max_items or (4000 - n_lab)
-            di = cfg.distill.num_steps(n_tr) * t_d
-        cell_s.append(ft + di + n_test * t_e)
-    teacher_s = missing * t_view
-    total = teacher_s + sum(cell_s) / jobs
-    print(f"measured with {threads} thread(s): teacher {1 / t_view:.1f} views/s, student step "
-          f"{t_d:.2f} s (batch {base.distill.batch_size}) / {t_f:.2f} s (batch {base.finetune.batch_size}), "
-          f"student eval {1 / t_e:.0f} img/s; load average {os.getloadavg()[0]:.1f}")
-    print(f"teacher views needed {needed:,}, missing from the cache {missing:,}: {teacher_s / 60:.1f} min")
-    print(f"{len(cells)} cells: {sum(cell_s) / 60:.1f} min of student work, {jobs} job(s) -> "
-          f"{sum(cell_s) / jobs / 60:.1f} min")
-    print(f"estimated total: {total / 60:.1f} min (data loading overlaps in a worker process; "
-          "jobs share the cores, so --jobs 2 gains only where a single job leaves a core idle)")
+    for which, col in (("at the current load (wall clock)", 0), ("on idle cores (CPU time)", 1)):
+        cell_s = []
+        for c in cells:
+            cfg = c["config"]
+            n_lab = cfg.per_class * 10 if cfg.per_class else 4000
+            sec = cfg.finetune.num_steps(n_lab) * t_f[col] + n_test * t_e[col]
+            if cfg.method in ("task_oriented", "feature_distill"):
+                sec += cfg.distill.num_steps(cfg.transfer_max_items or (4000 - n_lab)) * t_d[col]
+            cell_s.append(sec)
+        teacher_s = missing * t_view[col] / max(1, jobs)  # the teacher phase uses jobs x threads
+        total = teacher_s + sum(cell_s) / jobs
+        print(f"{which}, {threads} thread(s)/job, {jobs} job(s): teacher {1 / t_view[col]:.1f} views/s per job, "
+              f"student step {t_d[col]:.2f} s (batch {base.distill.batch_size}) / {t_f[col]:.2f} s "
+              f"(batch {base.finetune.batch_size}), eval {1 / t_e[col]:.0f} img/s")
+        print(f"  teacher views needed {needed:,}, missing {missing:,}: {teacher_s / 60:.1f} min; {len(cells)} cells: "
+              f"{sum(cell_s) / 60:.1f} min of student work -> {sum(cell_s) / jobs / 60:.1f} min; "
+              f"total {total / 60:.1f} min")
+    print(f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(DEFAULT_MODEL) if DEFAULT_MODEL.exists() else "resnet18")
     ap.add_argument("--random-weights", action="store_true", help="timm name without downloading weights")
-    ap.add_argument("--n", type=int, default=256, help="images per round")
+    ap.add_argument("--n", type=int, default=128, help="images per round")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

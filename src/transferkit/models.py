@@ -186,7 +186,8 @@ def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     for _ in range(3):
         if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            for k in ("state_dict", "model", "model_state_dict", "module", "net", "params", "state_dict_ema", "model_ema"):
+            for k in ("state_dict", "model", "model_state_dict", "module", "net", "params",
+                      "state_dict_ema", "model_ema"):
                 if isinstance(obj.get(k), Mapping):
                     obj = obj[k]
                     break
@@ -283,6 +284,11 @@ class ResolvedModel:
         names = self.pretrained_cfg.get("label_names")
         return list(names) if names else None
 
+    @property
+    def config_needs_build(self) -> bool:
+        """``hf-hub:`` models keep their preprocessing in the hub's config: known only after download."""
+        return self.kind == "timm" and self.spec.startswith(("hf-hub:", "hf_hub:"))
+
     # -- building ----------------------------------------------------------------------------------
     def build(self) -> nn.Module:
         """Build the model in eval mode with its weights loaded."""
@@ -299,6 +305,8 @@ class ResolvedModel:
             model = self._build_checkpoint()
         else:  # pragma: no cover
             raise ValueError(self.kind)
+        if self.config_needs_build and getattr(model, "pretrained_cfg", None):
+            self.pretrained_cfg = dict(model.pretrained_cfg)
         return model.eval()
 
     def _build_local_dir(self, nc: dict[str, int]) -> nn.Module:
@@ -675,7 +683,8 @@ def read_zoo(path: str | Path) -> list[ModelEntry]:
         name = str(item.pop("name", None) or default_model_name(spec))
         unknown = set(item) - ENTRY_OPTIONS
         if unknown:
-            raise ValueError(f"{path}: model {name!r}: unknown option(s) {sorted(unknown)}; allowed {sorted(ENTRY_OPTIONS)}")
+            raise ValueError(f"{path}: model {name!r}: unknown option(s) {sorted(unknown)}; "
+                             f"allowed {sorted(ENTRY_OPTIONS)}")
         if name in seen:
             raise ValueError(f"{path}: duplicate model name {name!r}")
         seen.add(name)

@@ -63,8 +63,10 @@ def test_dataset_returns_crops_unlabeled(tmp_path: Path, tiny_data: dict) -> Non
     fp = mds.fingerprint()
     write_manifest(tmp_path / "ts2.csv", _rows_for(ds, box=(0, 0, 16, 12)))
     assert ManifestDataset(tmp_path / "ts2.csv").fingerprint() != fp
+    assert mds.source_digests() == ds.item_digests()  # crops know the image they come from
     sub = mds.subset([1, 5])
     assert len(sub) == 2 and np.array_equal(np.asarray(sub[1][0]), np.asarray(img))
+    assert sub.source_digests() == [ds.item_digests()[1], ds.item_digests()[5]]
     assert mds.describe()["sources"] == {str(tiny_data["pool"].resolve()): len(ds)}
     tf = mds.with_transform(lambda im: im.size)
     assert tf[5] == ((16, 12), -1)

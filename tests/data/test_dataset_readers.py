@@ -176,7 +176,8 @@ def test_npz_images(tmp_path):
     img, _ = ds[3]
     assert img.mode == "RGB" and np.array_equal(np.asarray(img)[..., 0], gray[3])
     chw = rng.random((6, 3, 5, 5)).astype(np.float32)  # float in [0, 1], channels first
-    np.savez(tmp_path / "s.npz", x_train=chw, y_train=np.array(list("aabbcc")), x_test=chw[:2], y_test=np.array(list("ab")))
+    np.savez(tmp_path / "s.npz", x_train=chw, y_train=np.array(list("aabbcc")),
+             x_test=chw[:2], y_test=np.array(list("ab")))
     tr = open_dataset(tmp_path / "s.npz")
     assert tr.split == "train" and tr.classes == ["a", "b", "c"] and np.asarray(tr[0][0]).shape == (5, 5, 3)
     assert len(open_dataset(tmp_path / "s.npz", split="test")) == 2

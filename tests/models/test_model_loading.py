@@ -28,8 +28,10 @@ WEIGHTS = REPO.parent / "shared" / "weights"
 
 # sha256 of model.safetensors and head/feature sizes, as recorded in ../shared/weights/README.md
 SHARED_FOLDERS = {
-    "tf_efficientnet_lite0.in1k": ("2d3c8842439142fd39d077f8ac8b5fe76fc6579afee06a208b3dc0c31a6ba90d", 1000, 1280, None),
-    "tf_efficientnet_lite2.in1k": ("a78be184f4beabe2eed839fe7220b33025d1ee415967f082eee1f966f430fa9d", 1000, 1280, None),
+    "tf_efficientnet_lite0.in1k": ("2d3c8842439142fd39d077f8ac8b5fe76fc6579afee06a208b3dc0c31a6ba90d", 1000, 1280,
+                                   None),
+    "tf_efficientnet_lite2.in1k": ("a78be184f4beabe2eed839fe7220b33025d1ee415967f082eee1f966f430fa9d", 1000, 1280,
+                                   None),
     "mobilenetv1_025.in1k": ("a803846a1ef20dec3d52a0dc3bdfdfb51fec3a0374a2f7970cb113a230cd157b", 1001, 256, 0),
     "mobilenetv1_050.in1k": ("b2667300f671043dd06bb2225e3e6541a39802c97efdd9e1d6c5269a8816ac77", 1001, 512, 0),
     "mobilenetv1_075.in1k": (None, 1001, 768, 0),

@@ -39,9 +39,9 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--nprobe", type=int, default=32, show_default=True)
 @click.option("--pq-m", type=int, default=32, show_default=True, help="IVF-PQ bytes per vector.")
 @click.option("--candidates", type=int, help="Neighbours per query crop (default 4 x quota + 16, grown as needed).")
-@click.option("--dup-threshold", type=float, default=0.95, show_default=True,
+@click.option("--dup-threshold", type=float, default=0.98, show_default=True,
               help="Cosine above which a crop counts as a near-duplicate of a selected one (1 = off).")
-@click.option("--leak-threshold", type=float, default=0.95, show_default=True,
+@click.option("--leak-threshold", type=float, default=0.995, show_default=True,
               help="Cosine to a test image above which a crop is excluded as leakage.")
 @click.option("--max-per-image", type=int, help="At most this many crops of one gallery image.")
 @click.option("--batch-size", type=int, default=64, show_default=True)

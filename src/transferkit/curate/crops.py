@@ -128,6 +128,7 @@ class CropDataset(ImageDataset):
         super().__init__(base.classes, np.repeat(base.targets, s), source=base.source, split=base.split)
         self.base = base
         self.is_preprocessed = False
+        self._last: tuple[int, Image.Image] | None = None  # the crops of one image are read one after another
         if base.is_preprocessed:
             raise ValueError(f"{base}: crops need decoded images, not pre-made tensors")
 
@@ -142,10 +143,18 @@ class CropDataset(ImageDataset):
         return self._slots[int(index) % len(self._slots)]
 
     def load(self, index: int) -> Image.Image:
-        img = self.base.load(int(index) // len(self._slots))
-        if len(self._slots) == 1 and self._slots[0].scale >= 1.0:
-            return img
-        return img.crop(self.slot(index).box(*img.size))
+        i = int(index) // len(self._slots)
+        if len(self._slots) == 1:
+            img = self.base.load(i)
+        else:  # decode each image once for all its crops (a DataLoader worker gets consecutive items)
+            last = self._last
+            if last is not None and last[0] == i:
+                img = last[1]
+            else:
+                img = self.base.load(i)
+                self._last = (i, img)
+        sl = self.slot(index)
+        return img if sl.scale >= 1.0 else img.crop(sl.box(*img.size))
 
     def item_name(self, index: int) -> str:
         return f"{self.base.item_name(int(index) // len(self._slots))}@{self.slot(index).key()}"

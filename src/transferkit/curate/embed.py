@@ -53,8 +53,10 @@ def model_identity(model: str | ModelEntry | ResolvedModel | nn.Module, layer: s
     if isinstance(model, nn.Module):
         from timm.data import resolve_data_config
 
+        from ..models import _normalise_preprocess  # the same normalisation extract_features applies
+
         info = getattr(model, "transferkit_info", {}) or {}
-        cfg = resolve_data_config({k: v for k, v in preprocess.items() if v is not None}, model=model)
+        cfg = resolve_data_config(_normalise_preprocess(preprocess), model=model)
         return {"model": {"state_dict_sha256": state_dict_digest(model), "arch": info.get("arch")},
                 "preprocess": json.loads(json.dumps(cfg, default=str)), "layer": layer or "penultimate"}
     entry = ModelEntry.from_spec(model) if isinstance(model, str) else model

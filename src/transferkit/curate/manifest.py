@@ -314,6 +314,12 @@ class ManifestDataset(ImageDataset):
             out.append(hashlib.blake2b(f"{d}|{r.box}".encode(), digest_size=16).hexdigest())
         return out
 
+    def source_digests(self) -> list[str]:
+        """Per item, the content digest of the whole source image the crop comes from (the digest scheme of
+        that source's reader): use it to drop crops of images that are also labeled or test images."""
+        per_src = {k: b.item_digests() for k, b in self._bases.items()}
+        return [per_src[self._keys[int(self._src[j])]][int(self._pos[j])] for j in range(len(self.rows))]
+
     def describe(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for r in self.rows:

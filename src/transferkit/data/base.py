@@ -154,7 +154,7 @@ class ImageDataset(torch.utils.data.Dataset):
         h = hashlib.sha256()
         h.update(json.dumps(self.classes).encode())
         digests = self.item_digests()
-        for d, y in zip(digests, self.targets.tolist()):
+        for d, y in zip(digests, self.targets.tolist(), strict=True):
             h.update(f"{d}:{y};".encode())
         return h.hexdigest()
 

@@ -8,6 +8,7 @@ through ``forward_head(pre_logits=True)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from ..models import ResolvedModel, resolve_model, state_dict_digest
 from .losses import distillation_loss, feature_loss
 
 __all__ = ["FeatureDistillModule", "FinetuneModule", "KDModule", "TaskTeacher", "build_model", "feature_dim",
-           "student_features"]
+           "folded_batchnorms", "recalibrate_folded_batchnorm", "student_features"]
 
 
 def build_model(spec: str, num_classes: int | None, *, pretrained: bool = True,
@@ -68,6 +69,71 @@ def student_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     else:
         out = model(x)
     return out.flatten(2).mean(-1) if out.ndim > 2 else out
+
+
+def folded_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers whose statistics were folded into the previous convolution (weight 1, running mean 0,
+    running var 1 - eps: the Coral/TF-Lite exports). They are the identity + bias in eval mode, but in train
+    mode they normalise with batch statistics, which changes the network's function completely."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.track_running_stats \
+                and m.running_mean is not None:
+            if (bool((m.weight == 1).all()) and bool((m.running_mean == 0).all())
+                    and bool(((m.running_var - (1.0 - m.eps)).abs() < 1e-7).all())):
+                out.append(m)
+    return out
+
+
+@torch.no_grad()
+def recalibrate_folded_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Give folded BatchNorm layers real statistics without changing the eval-mode function.
+
+    For each folded layer the per-channel mean ``mu`` and variance ``var`` of its input are measured on
+    ``batches`` (eval mode, so every layer sees the original network's activations), then
+    ``running_mean = mu``, ``running_var = var``, ``weight = sqrt(var + eps)``, ``bias += mu``: in eval mode
+    ``(x - mu) / sqrt(var + eps) * sqrt(var + eps) + bias + mu == x + bias`` as before, and in train mode
+    batch statistics ~ (mu, var) now reproduce the pretrained function, so fine-tuning starts from it.
+    Returns the number of layers changed.
+    """
+    bns = folded_batchnorms(model)
+    if not bns:
+        return 0
+    acc: dict[int, list[Any]] = {id(b): [0, None, None] for b in bns}
+
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+        x = inp[0].detach().double()
+        dims = [d for d in range(x.ndim) if d != 1]
+        a = acc[id(mod)]
+        a[0] += x.numel() // x.shape[1]
+        s1, s2 = x.sum(dims), (x * x).sum(dims)
+        a[1] = s1 if a[1] is None else a[1] + s1
+        a[2] = s2 if a[2] is None else a[2] + s2
+
+    handles = [b.register_forward_pre_hook(hook) for b in bns]
+    was = model.training
+    model.eval()
+    try:
+        seen = 0
+        dev = next(model.parameters()).device
+        for x in batches:
+            model(x.to(dev))
+            seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    if not seen:
+        return 0
+    for b in bns:
+        n, s1, s2 = acc[id(b)]
+        mu = s1 / n
+        var = (s2 / n - mu * mu).clamp_min(0.0)
+        b.running_mean.copy_(mu.to(b.running_mean.dtype))
+        b.running_var.copy_(var.to(b.running_var.dtype))
+        b.weight.copy_(torch.sqrt(var + b.eps).to(b.weight.dtype))
+        b.bias.add_(mu.to(b.bias.dtype))
+    return len(bns)
 
 
 class TaskTeacher(nn.Module):

@@ -35,7 +35,8 @@ from ..models import resolve_model, state_dict_digest
 from ..reporting import write_json
 from .config import DistillConfig
 from .data import StepPlan, ViewDataset, cached_view_policy, fresh_view_policy, make_loader
-from .models import (FeatureDistillModule, FinetuneModule, KDModule, TaskTeacher, build_model, feature_dim)
+from .models import (FeatureDistillModule, FinetuneModule, KDModule, TaskTeacher, build_model, feature_dim,
+                     recalibrate_folded_batchnorm)
 from .targets import CacheStats, TeacherFeatureStore, pooled_forward, teacher_key
 from .teacher import fit_linear_probe
 from .trainer import LoopSettings, Trainer, TrainResult, atomic_torch_save, autocast, seed_everything
@@ -128,6 +129,19 @@ class _TeacherSide:
                                         device=self.dev, ctx=self.ctx, progress=self.cfg.progress, desc=desc)
         self.stats = self.stats.merge(st)
         return feats
+
+
+def _calibration_batches(ds: ImageDataset, renderer: ViewRenderer, cfg: DistillConfig,
+                         max_items: int = 512) -> Any:
+    """Whole-image views of up to ``max_items`` seeded-random items (for BatchNorm statistics)."""
+    rng = np.random.default_rng([int(cfg.seed), 2713])
+    idx = np.sort(rng.permutation(len(ds))[:max_items])
+    vds = ViewDataset(ds, renderer, cfg.transfer_seed, AugRecipe())
+    bs = 64
+    loader = make_loader(vds, [[(int(i), 0) for i in idx[s:s + bs]] for s in range(0, len(idx), bs)], 0)
+    for b in loader:
+        if b.x is not None:
+            yield b.x
 
 
 def _all_views(n: int, views: int) -> list[tuple[int, int]]:
@@ -224,6 +238,7 @@ def _adapt_teacher(run: _Run, labeled: ImageDataset, test: ImageDataset | None,
             atomic_torch_save(head.state_dict(), tdir / "head.pt")
     else:  # full fine-tune: backbone + head, cross-entropy on the labeled views
         backbone = frozen.backbone()
+        info["bn_recalibrated"] = recalibrate_folded_batchnorm(backbone, _calibration_batches(labeled, frozen.renderer, cfg))
         dim = feature_dim(backbone, tuple(frozen.data_config["input_size"][1:]))
         seed_everything(cfg.seed)
         teacher = TaskTeacher(backbone, nn.Linear(dim, n_classes))
@@ -365,9 +380,14 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
 
     # -- (a) + (b): knowledge transfer --------------------------------------------------------------
     teacher_side: _TeacherSide | None = None
+    transfer: ImageDataset | None = None
     if cfg.method in ("task_oriented", "feature_distill"):
         transfer, tinfo = open_transfer(cfg, labeled)
         report["transfer"] = tinfo
+    if pretrained:  # folded BatchNorm (TF-Lite/Coral exports) gets real statistics from the first stage's images
+        report["student_bn_recalibrated"] = recalibrate_folded_batchnorm(
+            student, _calibration_batches(transfer if transfer is not None else labeled, s_render, cfg))
+    if transfer is not None:
         if cfg.method == "task_oriented":
             teacher_side, head, tinfo_teacher = _adapt_teacher(run, labeled, test, n_classes)
             report["teacher_adapted"] = tinfo_teacher

@@ -38,7 +38,14 @@ import torch.nn.functional as F
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs
 
-__all__ = ["ITM", "adaptive_eta", "class_dispersion", "standardize", "stratified_split"]
+__all__ = [
+    "ITM",
+    "adaptive_eta",
+    "class_dispersion",
+    "dca_evolve",
+    "standardize",
+    "stratified_split",
+]
 
 _STANDARDIZE = ("feature", "global", "none")
 _DCA_NORM = ("spectral", "frobenius")
@@ -128,7 +135,9 @@ def stratified_split(
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-def _batch_schedule(n_train: int, batch_size: int, n_iters: int, rng: np.random.Generator) -> np.ndarray:
+def _batch_schedule(
+    n_train: int, batch_size: int, n_iters: int, rng: np.random.Generator
+) -> np.ndarray:
     """(n_iters, B) training indices: consecutive slices of a stream of reshuffled epochs.
 
     Every batch has the same size B = min(batch_size, n_train); with n_train < batch_size each
@@ -146,10 +155,10 @@ def _lanczos_top(
 ) -> torch.Tensor:
     """Largest eigenvalue of a symmetric PSD operator A (or a batch of them) by k-step Lanczos.
 
-    `apply(V)` returns V·A for row vectors V of shape (..., m, n); `v0` has shape (..., n). Full re-orthogonalisation (twice) and a Rayleigh-Ritz step on the
-    Krylov basis make it robust in float32; the Ritz value never exceeds λ_max and is within a
-    few per cent of it after 10 steps on real and isotropic features (power iteration needs
-    ~20 steps for the same accuracy).
+    `apply(V)` returns V·A for row vectors V of shape (..., m, n); `v0` has shape (..., n).
+    Full re-orthogonalisation (twice) and a Rayleigh-Ritz step on the Krylov basis make it
+    robust in float32; the Ritz value never exceeds λ_max and is within a few per cent of it
+    after 10 steps on real and isotropic features (power iteration needs ~20 steps for that).
     """
     n = v0.shape[-1]
     k = max(1, min(k, n))
@@ -184,6 +193,16 @@ def _dca_scale(G: torch.Tensor, eta: float, norm: str, v0: torch.Tensor) -> torc
     return torch.where(denom > tiny, eta / denom.clamp_min(tiny), torch.zeros_like(denom))
 
 
+def dca_evolve(
+    Z: torch.Tensor, G: torch.Tensor, E_hat: torch.Tensor, s: float | torch.Tensor
+) -> torch.Tensor:
+    """Eq. 7 with n = 1: Z' = (I − C) Z + C Ê, C = s·G.
+
+    With Z = E_j W and G = E_j E_jᵀ this is E_j W' for W' = W − s·∂/∂W ½‖E_j W − Ê‖² (Eqs. 4–6).
+    """
+    return Z + s * (G @ (E_hat - Z))
+
+
 def _full_split_scale(X: torch.Tensor, eta: float, norm: str, gen: torch.Generator) -> float:
     """s of one DCA step on the whole training split (for `val_evolution="train_step"`)."""
     if eta <= 0:
@@ -212,8 +231,9 @@ class _Psi:
 
     @classmethod
     def init(cls, d: int, c: int, affine: bool, how: str, gen: torch.Generator) -> _Psi:
-        """"prototype": W = 0 and h = identity on the one-hot centres (deterministic, and
-        equivariant to renaming the classes); "random": nn.Linear's U(±1/√fan_in)."""
+        """Initial ψ: `how="prototype"` sets W = 0 and h = identity on the one-hot centres
+        (deterministic and equivariant to renaming the classes); "random" draws nn.Linear's
+        U(±1/√fan_in) from the local generator."""
         if how == "prototype":
             zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float32)  # noqa: E731
             W, b, Hw, hb = zeros(d, c), zeros(c) if affine else None, torch.eye(c), zeros(c)
@@ -265,7 +285,7 @@ def _evaluate(
 ) -> float:
     """Validation accuracy of h(evolved validation embedding)."""
     Zv = psi.map(Xval)
-    if st.val_evolution == "train_step":
+    if st.val_evolution == "train_step" and s_full > 0:
         # the validation points seen through W after one DCA step on the training split
         R = Etr - psi.map(Xtr)
         Zv = Zv + s_full * (Xval @ (Xtr.T @ R))
@@ -276,7 +296,7 @@ def _evaluate(
             xb, zb, eb = Xval[lo : lo + batch], Zv[lo : lo + batch], Eval[lo : lo + batch]
             G = xb @ xb.T
             s = _dca_scale(G, st.eta, st.dca_norm, v0[: xb.shape[0]])
-            parts.append(zb + s * (G @ (eb - zb)))
+            parts.append(dca_evolve(zb, G, eb, s))
         Zv = torch.cat(parts)
     logits = psi.head(Zv)
     if not bool(torch.isfinite(logits).all()):
@@ -306,24 +326,27 @@ def _train_and_validate(
     psi = _Psi.init(d, n_classes, affine, st.init, gen)
     v0 = torch.rand(b, generator=gen, dtype=torch.float32) + 0.5
     v0 = v0 / v0.norm()
-    s_full = (
-        _full_split_scale(Xtr, st.eta, st.dca_norm, gen) if st.val_evolution == "train_step" else 0.0
-    )
+    s_full = 0.0
+    if st.val_evolution == "train_step":
+        s_full = _full_split_scale(Xtr, st.eta, st.dca_norm, gen)
     opt = torch.optim.AdamW(psi.params(), lr=st.lr, weight_decay=st.weight_decay, fused=True)
     use_dca = st.eta > 0
     chunk = max(1, min(st.n_iters, _CHUNK_BYTES // max(1, 4 * b * (d + b))))
     accs: list[float] = []
     for lo in range(0, st.n_iters, chunk):
         idx = schedule[lo : lo + chunk]
-        Xc = Xtr[idx]  # (chunk, B, D), gathered once for `chunk` steps
-        Ec, yc = Etr[idx], ytr[idx]
+        m = idx.shape[0]
+        flat = idx.reshape(-1)
+        Xc = Xtr.index_select(0, flat).view(m, b, d)  # gathered once for `m` steps
+        yc = ytr.index_select(0, flat).view(m, b)
+        Ec = F.one_hot(yc, n_classes).to(torch.float32)
         if use_dca:
             Gc = Xc @ Xc.transpose(1, 2)  # the batch Gram matrices E_j E_jᵀ
             Sc = _dca_scale(Gc, st.eta, st.dca_norm, v0).tolist()
-        for j in range(idx.shape[0]):
+        for j in range(m):
             xb, eb, yb = Xc[j], Ec[j], yc[j]
             Z = psi.map(xb)
-            Zp = Z + Sc[j] * (Gc[j] @ (eb - Z)) if use_dca else Z  # Eq. 7, n = 1
+            Zp = dca_evolve(Z, Gc[j], eb, Sc[j]) if use_dca else Z
             loss = F.cross_entropy(psi.head(Zp), yb)
             if st.lam > 0:
                 loss = loss + st.lam * F.mse_loss(Zp if st.pc_input == "evolved" else Z, eb)
@@ -339,7 +362,7 @@ def _train_and_validate(
 
 @register_estimator
 class ITM(TransferabilityEstimator):
-    """Implicit Transferability Modeling: best validation accuracy of a DCA-evolved linear module."""
+    """Implicit Transferability Modeling: best validation accuracy of a DCA-trained linear map."""
 
     name = "itm"
     summary = (

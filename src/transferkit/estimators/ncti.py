@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 from scipy import linalg
-from scipy.special import logsumexp
 
 from ._base import TransferabilityEstimator, minmax, register_estimator
 from ._validation import CheckedInputs, safe_n_components
@@ -178,15 +177,20 @@ def _lda(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float):
 
 
 def _sum_classwise_nuclear_norms(P: np.ndarray, y: np.ndarray, C: int) -> float:
-    """sum_c ||P[y == c]||_*, one batched SVD (blocks zero-padded to equal height)."""
+    """sum_c ||P[y == c]||_*, batched over classes (blocks zero-padded to equal height).
+
+    Singular values come from the eigenvalues of the smaller Gram matrix of each block; the
+    square-root step costs ~1e-8 * sigma_max in absolute accuracy on tiny singular values only,
+    far below the 1e-6 reproduction tolerance of ``log(sum)``.
+    """
     counts = np.bincount(y, minlength=C)
     order = np.argsort(y, kind="stable")
     rank_in_class = np.arange(len(y)) - np.repeat(np.cumsum(counts) - counts, counts)
     blocks = np.zeros((C, int(counts.max()), P.shape[1]))
     blocks[y[order], rank_in_class] = P[order]
-    if blocks.shape[1] < blocks.shape[2]:
-        blocks = blocks.transpose(0, 2, 1)  # same singular values; tall blocks are faster
-    return float(np.sum(np.linalg.svd(blocks, compute_uv=False)))
+    bt = blocks.transpose(0, 2, 1)
+    gram = blocks @ bt if blocks.shape[1] <= blocks.shape[2] else bt @ blocks
+    return float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))))
 
 
 def ncti_components(
@@ -205,8 +209,9 @@ def ncti_components(
     coef = (means @ scalings) @ scalings.T
     logits = X @ coef.T
     logits += -0.5 * np.einsum("cd,cd->c", means, coef) + np.log(priors)
-    logits -= logsumexp(logits, axis=1, keepdims=True)
+    logits -= logits.max(axis=1, keepdims=True)
     P = np.exp(logits)
+    P /= P.sum(axis=1, keepdims=True)
     ncc = float(np.mean(P[np.arange(n), y]))
     total = _sum_classwise_nuclear_norms(P, y, C)
     return {"ncti_seli": seli, "ncti_ncc": ncc, "ncti_vc": float(np.log(total))}

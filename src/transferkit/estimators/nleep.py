@@ -61,32 +61,35 @@ def _m_step(Z: np.ndarray, resp: np.ndarray, reg: float, weights_by: str
     comps = _Components(d)
     log_det = np.empty(K)  # log det of the precision Cholesky factor = -0.5 log det(cov)
     eye = np.eye(d)
-    for k in range(K):
-        support = np.flatnonzero(resp[:, k])
-        m = support.size
-        if 2 * m <= d:
-            A = (Z[support] - means[k]) * np.sqrt(resp[support, k] / nk[k])[:, None]
-            _, s, Vt = linalg.svd(A, full_matrices=False, check_finite=False)
-            eig = s**2 + reg
-            comps.low_k.append(k)
-            comps.low_U.append(Vt.T)
-            comps.low_eig.append(eig)
-            log_det[k] = -0.5 * ((d - eig.size) * math.log(reg) + np.log(eig).sum())
-        else:
-            diff = Z - means[k]
-            cov = ((resp[:, k] * diff.T) @ diff) / nk[k]
-            cov.flat[:: d + 1] += reg
-            try:
-                chol = linalg.cholesky(cov, lower=True, check_finite=False)
-            except linalg.LinAlgError as exc:
-                raise ValueError(
-                    "nleep: a Gaussian mixture component has an ill-defined covariance "
-                    "(collapsed samples); the features may be degenerate"
-                ) from exc
-            prec = linalg.solve_triangular(chol, eye, lower=True, check_finite=False).T
-            comps.dense_k.append(k)
-            comps.dense_prec.append(prec)
-            log_det[k] = np.log(np.diag(prec)).sum()
+    supports = [np.flatnonzero(resp[:, k]) for k in range(K)]
+    sizes = np.array([sup.size for sup in supports])
+    # low-rank components, batched by support size (one stacked SVD per size)
+    for m in np.unique(sizes[2 * sizes <= d]):
+        ks = np.flatnonzero(sizes == m)
+        A = np.stack([(Z[supports[k]] - means[k]) * np.sqrt(resp[supports[k], k] / nk[k])[:, None]
+                      for k in ks])  # (n, m, d)
+        _, s, Vt = np.linalg.svd(A, full_matrices=False)
+        eig = s**2 + reg
+        for i, k in enumerate(ks):
+            comps.low_k.append(int(k))
+            comps.low_U.append(Vt[i].T)
+            comps.low_eig.append(eig[i])
+            log_det[k] = -0.5 * ((d - m) * math.log(reg) + np.log(eig[i]).sum())
+    for k in np.flatnonzero(2 * sizes > d):
+        diff = Z - means[k]
+        cov = ((resp[:, k] * diff.T) @ diff) / nk[k]
+        cov.flat[:: d + 1] += reg
+        try:
+            chol = linalg.cholesky(cov, lower=True, check_finite=False)
+        except linalg.LinAlgError as exc:
+            raise ValueError(
+                "nleep: a Gaussian mixture component has an ill-defined covariance "
+                "(collapsed samples); the features may be degenerate"
+            ) from exc
+        prec = linalg.solve_triangular(chol, eye, lower=True, check_finite=False).T
+        comps.dense_k.append(int(k))
+        comps.dense_prec.append(prec)
+        log_det[k] = np.log(np.diag(prec)).sum()
     return weights, means, comps, log_det
 
 
@@ -97,33 +100,38 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
     for k, prec in zip(comps.dense_k, comps.dense_prec):
         y = Z @ prec - means[k] @ prec
         maha[:, k] = np.einsum("ij,ij->i", y, y)
-    if not comps.low_k:
-        return maha
-    U_all = np.concatenate(comps.low_U, axis=1)
-    sizes = [u.shape[1] for u in comps.low_U]
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    low_means = means[comps.low_k]
-    proj = Z @ U_all
-    proj -= np.concatenate([mu @ u for mu, u in zip(low_means, comps.low_U)])[None, :]
-    inv_eig = 1.0 / np.concatenate(comps.low_eig)
-    in_span = np.add.reduceat(proj * proj * inv_eig, starts, axis=1)
-    a2 = np.add.reduceat(proj * proj, starts, axis=1)
     z2 = np.einsum("ij,ij->i", Z, Z)
-    mu2 = np.einsum("ij,ij->i", low_means, low_means)
-    scale = z2[:, None] + mu2[None, :]
-    v2 = scale - 2.0 * (Z @ low_means.T)
-    perp = v2 - a2  # squared distance orthogonal to the span, by expansion
-    # where the orthogonal part is small the expansion cancels: recompute it directly
-    redo_i, redo_j = np.nonzero(perp < 1e-6 * scale)
-    for j in np.unique(redo_j):
-        rows = redo_i[redo_j == j]
-        U = comps.low_U[j]
-        v = Z[rows] - low_means[j]
-        a = v @ U
-        r = v - a @ U.T
-        perp[rows, j] = np.einsum("ij,ij->i", r, r)
-        in_span[rows, j] = (a * a * (1.0 / comps.low_eig[j])).sum(axis=1)
-    maha[:, comps.low_k] = np.maximum(perp, 0.0) / reg + in_span
+    n_low = len(comps.low_k)
+    block = max(1, 2048 // max(1, max((u.shape[1] for u in comps.low_U), default=1)))
+    for b0 in range(0, n_low, block):  # blocks of components keep the temporaries small
+        ks = comps.low_k[b0:b0 + block]
+        Us = comps.low_U[b0:b0 + block]
+        eigs = comps.low_eig[b0:b0 + block]
+        mus = means[ks]
+        starts = np.concatenate(([0], np.cumsum([u.shape[1] for u in Us])[:-1]))
+        proj = Z @ np.concatenate(Us, axis=1)
+        proj -= np.concatenate([mu @ u for mu, u in zip(mus, Us)])[None, :]
+        proj *= proj
+        a2 = np.add.reduceat(proj, starts, axis=1)
+        proj *= 1.0 / np.concatenate(eigs)
+        in_span = np.add.reduceat(proj, starts, axis=1)
+        scale = z2[:, None] + np.einsum("ij,ij->i", mus, mus)[None, :]
+        perp = scale - 2.0 * (Z @ mus.T) - a2  # squared distance orthogonal to the span
+        # where the orthogonal part is small the expansion cancels: recompute it directly
+        redo_i, redo_j = np.nonzero(perp < 1e-6 * scale)
+        order = np.argsort(redo_j, kind="stable")
+        redo_i, redo_j = redo_i[order], redo_j[order]
+        cuts = np.flatnonzero(np.diff(redo_j)) + 1
+        for rows, js in zip(np.split(redo_i, cuts), np.split(redo_j, cuts)):
+            if rows.size == 0:
+                continue
+            j = js[0]
+            v = Z[rows] - mus[j]
+            a = v @ Us[j]
+            r = v - a @ Us[j].T
+            perp[rows, j] = np.einsum("ij,ij->i", r, r)
+            in_span[rows, j] = (a * a / eigs[j]).sum(axis=1)
+        maha[:, ks] = np.maximum(perp, 0.0) / reg + in_span
     return maha
 
 

@@ -57,15 +57,18 @@ class PACTran(TransferabilityEstimator):
         # upstream: sum(onehot * (log(onehot + 1e-10) - log q)) / n
         label_term = np.log1p(1e-10)
 
+        last: dict[str, Any] = {}
+
         def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            theta = theta.reshape(d + 1, c)
-            w, b = theta[:d], theta[d:]
+            th = theta.reshape(d + 1, c)
+            w, b = th[:d], th[d:]
             log_q = log_softmax(X @ w + b, axis=1)
             loss = label_term - log_q[rows, y].mean() + 0.5 * np.sum(w * w) / ldas2
-            g = np.exp(log_q)
-            g[rows, y] -= 1.0
-            g /= n
-            grad = np.concatenate([X.T @ g + w / ldas2, g.sum(axis=0, keepdims=True)])
+            q = np.exp(log_q)
+            last.update(theta=theta.copy(), loss=float(loss), q=q.copy())
+            q[rows, y] -= 1.0
+            q /= n
+            grad = np.concatenate([X.T @ q + w / ldas2, q.sum(axis=0, keepdims=True)])
             return float(loss), grad.ravel()
 
         rng = np.random.RandomState(random_state)
@@ -78,9 +81,9 @@ class PACTran(TransferabilityEstimator):
             options={"maxiter": int(self.params["max_iter"])},
             tol=1e-6,
         )
-        pac_opt, _ = loss_and_grad(res.x)
-        theta = res.x.reshape(d + 1, c)
-        q = np.exp(log_softmax(X @ theta[:d] + theta[d:], axis=1))
+        if not np.array_equal(last["theta"], res.x):  # usually the last evaluation is the optimum
+            loss_and_grad(res.x)
+        pac_opt, q = last["loss"], last["q"]
         q_var = q - q * q
         # trace of the diagonal Hessian: weights (summed over samples, as ETran) + prior + biases
         h_sum = np.einsum("ij,ij->i", X, X) @ q_var.sum(axis=1) + d * c / ldas2 + q_var.sum()

@@ -129,7 +129,12 @@ class CacheEntry:
 
     def finalize(self, n_chunks: int, class_names: list[str], metadata: dict[str, Any]) -> FeatureSet:
         """Merge the chunks in order into ``features.npz`` (atomically), then delete the chunks."""
-        parts = [self.read_chunk(c) for c in range(n_chunks)]
+        try:
+            parts = [self.read_chunk(c) for c in range(n_chunks)]
+        except FileNotFoundError:
+            if self.is_complete():  # another process on the same cache finished (and cleaned up) first
+                return self.load()
+            raise
         feats = [p["features"] for p in parts if len(p["features"])]
         dim = feats[0].shape[1] if feats else 0
         X = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
@@ -140,8 +145,8 @@ class CacheEntry:
         if has_p:
             ps = [p["probs"] for p in parts if len(p["probs"])]
             probs = np.concatenate(ps) if ps else None
-        skipped = [{"index": int(i), "item": str(n), "error": str(e)}
-                   for p in parts for i, n, e in zip(p["skipped"], p["skipped_names"], p["skipped_errors"])]
+        skipped = [{"index": int(i), "item": str(n), "error": str(e)} for p in parts
+                   for i, n, e in zip(p["skipped"], p["skipped_names"], p["skipped_errors"], strict=True)]
         metadata = dict(metadata, skipped=skipped, n=int(len(y)), dim=int(dim))
         fs = FeatureSet(X, y, probs, class_names, metadata, idx)
         fs.save_npz(self.final_path)

@@ -171,12 +171,14 @@ class _Prepared:
             self.resolved = rm
             self.spec, self.kind, self.arch = rm.spec, rm.kind, rm.arch
             self.background_index = rm.background_index if rm.num_classes is None else None
+            if rm.config_needs_build:
+                self.module = rm.build()  # downloads; fills rm.pretrained_cfg from the hub's config
             self.identity = rm.identity()
             if self.identity is None:  # random weights: the state dict is the identity
                 self.module = rm.build()
                 self.identity = {"kind": rm.kind, "arch": rm.arch, "state_dict_sha256": state_dict_digest(self.module)}
             self.weights_sha256 = rm.weights_sha256() or self.identity.get("state_dict_sha256")
-            self.data_config = rm.data_config()
+            self.data_config = rm.data_config(**pre)
         if ds.is_preprocessed:
             self.data_config = dict(getattr(ds, "preprocessing", {"premade": True}))
 
@@ -482,11 +484,13 @@ def extract_zoo(
     """Features of every model of a zoo on one dataset: ``{model name: FeatureSet}``.
 
     ``models``: a list of specs (or :class:`~transferkit.models.ModelEntry`), or the path of a zoo YAML
-    file (per-model options apply). The dataset is opened and fingerprinted once. Cached models cost
+    file (``.yaml``/``.yml``; per-model options apply); any other single string is one spec. The dataset is opened and fingerprinted once. Cached models cost
     nothing; other keyword arguments go to :func:`extract_features`.
     """
-    if isinstance(models, (str, Path)):
+    if isinstance(models, (str, Path)) and Path(models).suffix.lower() in (".yaml", ".yml"):
         entries = read_zoo(models)
+    elif isinstance(models, (str, Path)):
+        entries = [ModelEntry.from_spec(str(models))]
     else:
         entries = [ModelEntry.from_spec(m) for m in models]
     names = [e.name for e in entries]

@@ -1,0 +1,270 @@
+"""ITM (Implicit Transferability Modeling): no reference values exist, so these tests pin the
+paper's mechanics (DCA step, adaptive η, stratified split) and the score's behaviour."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_reference_input
+from transferkit.estimators import get_estimator, list_estimators
+from transferkit.estimators.itm import (
+    _dca_scale,
+    _full_split_scale,
+    adaptive_eta,
+    class_dispersion,
+    dca_evolve,
+    standardize,
+    stratified_split,
+)
+
+# small, fast settings for most tests (the paper's 500 iterations / batch 256 in one test)
+FAST = {"n_iters": 60, "batch_size": 64, "eval_every": 20}
+
+
+def clusters(n_per: int, n_classes: int, dim: int, sep: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim)) * sep
+    y = np.repeat(np.arange(n_classes), n_per)
+    X = centres[y] + rng.normal(size=(y.size, dim))
+    return X, y
+
+
+def fit(X, y, random_state: int = 0, **params):
+    return get_estimator("itm", **{**FAST, **params}).fit(X, y, random_state=random_state)
+
+
+# -- registry and parameters -------------------------------------------------------------------
+def test_registered_with_documented_parameters():
+    assert "itm" in list_estimators()
+    params = get_estimator("itm").get_params()
+    for key in ("eta_anchor", "dispersion_anchor", "lam", "val_evolution", "dca_norm", "psi",
+                "n_iters", "batch_size", "lr", "eval_every", "val_fraction", "standardize"):
+        assert key in params
+    assert (params["n_iters"], params["batch_size"], params["lr"], params["eval_every"]) == (
+        500, 256, 5e-3, 100)
+    est = fit(*clusters(20, 3, 8, 2.0))
+    assert set(est.components_) == set(type(est).components)
+
+
+# -- mechanics from the paper ------------------------------------------------------------------
+def test_dca_step_is_one_gradient_step_on_W():
+    """Eq. 6-7: (I - C) E W + C Ê equals E W' after one GD step on ½‖E W − Ê‖²."""
+    g = torch.Generator().manual_seed(0)
+    E = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    W = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    E_hat = torch.nn.functional.one_hot(torch.arange(12) % 3, 3).double()
+    s = 0.01
+    W_next = W - s * (E.T @ (E @ W - E_hat))
+    torch.testing.assert_close(dca_evolve(E @ W, E @ E.T, E_hat, s), E @ W_next)
+
+
+def test_spectral_scale_puts_top_eigenvalue_of_C_at_eta():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(4, 64, 200, generator=g) + torch.randn(4, 1, 200, generator=g)
+    G = X @ X.transpose(1, 2)
+    s = _dca_scale(G, 0.5, "spectral", torch.rand(64, generator=g) + 0.5)
+    top = torch.linalg.eigvalsh(G)[:, -1]
+    torch.testing.assert_close(s * top, torch.full((4,), 0.5), rtol=2e-3, atol=0)
+    # B = 1 reduces to the appendix's C = η, for either normalisation
+    x = torch.randn(1, 1, 7, generator=g)
+    for norm in ("spectral", "frobenius"):
+        c = _dca_scale(x @ x.transpose(1, 2), 0.3, norm, torch.ones(1)) * (x * x).sum()
+        torch.testing.assert_close(c, torch.tensor([0.3]))
+    # the full-split step uses λ_max(Xᵀ X) from the smaller side
+    Xf = X[0]
+    s_full = _full_split_scale(Xf, 1.0, "spectral", g)
+    assert s_full * float(torch.linalg.eigvalsh(Xf @ Xf.T)[-1]) == pytest.approx(1.0, rel=1e-3)
+    # a zero Gram matrix gives no step instead of a division by zero
+    assert float(_dca_scale(torch.zeros(1, 3, 3), 0.5, "spectral", torch.ones(3))[0]) == 0.0
+
+
+def test_adaptive_eta_follows_eq12():
+    assert adaptive_eta(1.0, 0.5, 1.0) == pytest.approx(0.5)  # the anchor
+    assert adaptive_eta(0.8, 0.5, 1.0) == pytest.approx(1 - 0.5 / 0.8)
+    assert adaptive_eta(0.9, 0.5, 1.0) > adaptive_eta(0.7, 0.5, 1.0)  # more dispersed: bigger step
+    assert adaptive_eta(0.2, 0.5, 1.0) == 0.0  # clipped, never negative
+    assert adaptive_eta(0.0, 0.5, 1.0) == 0.0
+    assert 0.0 <= adaptive_eta(1e9, 2.0, 1.0) <= 1.0
+
+
+def test_class_dispersion():
+    X, y = clusters(30, 4, 16, 3.0)
+    Xs = standardize(X)
+    d = class_dispersion(Xs, y, 4, per_sqrt_dim=False)
+    assert class_dispersion(Xs, y, 4, per_sqrt_dim=True) == pytest.approx(d / 4.0)
+    means = np.stack([Xs[y == c].mean(0) for c in range(4)])
+    assert d == pytest.approx(np.linalg.norm(Xs - means[y], axis=1).mean())
+    assert class_dispersion(np.repeat(np.eye(3), 5, axis=0), np.repeat(np.arange(3), 5), 3,
+                            True) == pytest.approx(0.0)
+    # per-feature standardization bounds the per-√D dispersion by 1 (no class structure)
+    rng = np.random.default_rng(0)
+    Xr = standardize(rng.normal(size=(500, 32)))
+    assert 0.9 < class_dispersion(Xr, rng.integers(0, 5, 500), 5, True) <= 1.0
+
+
+def test_stratified_split():
+    y = np.repeat(np.arange(5), [50, 20, 10, 5, 2])
+    tr, va = stratified_split(y, 0.2, np.random.default_rng(0))
+    assert np.intersect1d(tr, va).size == 0 and tr.size + va.size == y.size
+    assert np.bincount(y[va], minlength=5).tolist() == [10, 4, 2, 1, 0]  # round(0.4) = 0
+    # label renaming selects the same samples
+    tr2, va2 = stratified_split(np.array([3, 0, 4, 1, 2])[y], 0.2, np.random.default_rng(0))
+    assert np.array_equal(va, va2)
+    with pytest.warns(UserWarning, match="single sample"):
+        tr, va = stratified_split(np.array([0, 0, 0, 1]), 0.2, np.random.default_rng(0))
+    assert 3 in tr and va.size == 1
+    with pytest.raises(ValueError, match="2 or more"):
+        stratified_split(np.array([0, 1, 2]), 0.2, np.random.default_rng(0))
+
+
+# -- determinism and global state --------------------------------------------------------------
+def test_deterministic_for_a_random_state():
+    X, y = clusters(25, 4, 12, 0.7)
+    a, b = fit(X, y, random_state=3), fit(X, y, random_state=3)
+    assert a.score_ == b.score_ and a.components_ == b.components_
+    c = fit(X, y, random_state=4)
+    assert 0.0 <= c.score_ <= 1.0
+
+
+def test_leaves_torch_global_state_alone():
+    X, y = clusters(20, 3, 6, 1.0)
+    threads = torch.get_num_threads()
+    rng_state = torch.random.get_rng_state().clone()
+    first = torch.rand(3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        s_nograd = fit(X, y).score_
+        assert not torch.is_grad_enabled()
+    with torch.inference_mode():
+        s_inf = fit(X, y).score_
+    assert s_nograd == s_inf == fit(X, y).score_
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+    assert torch.equal(first, torch.rand(3, generator=torch.Generator().manual_seed(0)))
+
+
+# -- behaviour -------------------------------------------------------------------------------
+def test_well_separated_clusters_score_near_one():
+    X, y = clusters(40, 5, 16, 4.0)
+    est = fit(X, y)
+    assert est.score_ >= 0.95
+    assert 0.0 <= est.components_["itm_eta"] <= 0.5
+
+
+def test_random_labels_score_near_chance():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(800, 32)), rng.integers(0, 4, 800)
+    scores = [fit(X, y, random_state=r).score_ for r in range(2)]
+    assert all(0.1 < s < 0.25 + 0.1 for s in scores)
+
+
+def test_more_separable_features_score_higher():
+    scores = [fit(*clusters(30, 6, 16, sep, seed=1)).score_ for sep in (0.15, 0.5, 2.0)]
+    assert scores[0] < scores[1] < scores[2]
+
+
+def test_invariant_to_label_renaming():
+    X, y = clusters(30, 5, 10, 0.6, seed=2)
+    rename = np.array([30, 7, 12, 99, 1])[y]  # non-contiguous ids, new order
+    a, b = fit(X, y), fit(X, rename)
+    assert b.score_ == pytest.approx(a.score_, abs=1.5 / 30)  # at most one validation sample
+    assert b.components_["itm_eta"] == pytest.approx(a.components_["itm_eta"])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"val_evolution": "none"},
+        {"val_evolution": "self_labels"},
+        {"dca_norm": "frobenius"},
+        {"psi": "affine", "init": "random"},
+        {"pc_input": "mapped", "lam": 1.0},
+        {"adaptive_eta": False, "eta_anchor": 0.0},
+        {"standardize": "global"},
+        {"standardize": "none", "dispersion_per_sqrt_dim": False, "dispersion_anchor": 5.0},
+    ],
+)
+def test_open_readings_all_run(params):
+    X, y = clusters(25, 4, 12, 1.5)
+    est = fit(X, y, **params)
+    assert 0.5 < est.score_ <= 1.0
+
+
+def test_fixed_eta_and_lambda():
+    X, y = clusters(25, 3, 8, 1.0)
+    est = fit(X, y, adaptive_eta=False, eta_anchor=0.3, lam=2.0)
+    assert est.components_["itm_eta"] == pytest.approx(0.3)
+    assert est.components_["itm_lambda"] == pytest.approx(2.0)
+    est = fit(X, y)
+    assert est.components_["itm_lambda"] == est.components_["itm_eta"]  # λ = η by default
+
+
+def test_paper_defaults_on_reference_synthetic():
+    d = load_reference_input("synthetic.npz")
+    est = get_estimator("itm").fit(d["X"], d["y"], random_state=0)
+    assert 0.6 < est.score_ <= 1.0
+    assert est.components_["itm_final_val_acc"] <= est.score_
+
+
+# -- bad input and small data -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_iters": 0},
+        {"batch_size": 2.5},
+        {"eval_every": True},
+        {"val_fraction": 1.0},
+        {"lr": 0.0},
+        {"lam": "auto"},
+        {"lam": -1.0},
+        {"eta_anchor": 1.5},
+        {"dispersion_anchor": 0.0},
+        {"val_evolution": "labels"},
+        {"dca_norm": "trace"},
+        {"standardize": "minmax"},
+        {"psi": "mlp"},
+    ],
+)
+def test_bad_parameters_raise_value_error(params):
+    X, y = clusters(10, 2, 4, 1.0)
+    with pytest.raises(ValueError, match="itm"):
+        fit(X, y, **params)
+
+
+def test_bad_input():
+    X, y = clusters(10, 2, 4, 1.0)
+    with pytest.raises(TypeError):
+        get_estimator("itm", eta=0.5)
+    X_nan = X.copy()
+    X_nan[0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        fit(X_nan, y)
+    with pytest.raises(ValueError, match="2 classes"):
+        fit(X, np.zeros(len(y)))
+    with pytest.raises(ValueError, match="2 or more"):
+        fit(X[:3], [0, 1, 2])
+
+
+def test_small_data():
+    rng = np.random.default_rng(0)
+    # N below the batch size: every batch is the whole training split
+    X, y = clusters(8, 3, 5, 3.0)
+    assert 0.0 <= get_estimator("itm", n_iters=30, eval_every=10).score(X, y) <= 1.0
+    # D = 1
+    X1 = np.r_[rng.normal(-3, 1, 20), rng.normal(3, 1, 20)][:, None]
+    assert fit(X1, np.repeat([0, 1], 20)).score_ >= 0.8
+    # a singleton class: warned, trained on, never validated
+    Xs, ys = clusters(6, 3, 4, 2.0)
+    Xs, ys = np.r_[Xs, rng.normal(size=(1, 4))], np.r_[ys, 3]
+    with pytest.warns(UserWarning, match="single sample"):
+        assert np.isfinite(fit(Xs, ys).score_)
+    # three samples, two classes; constant features
+    with pytest.warns(UserWarning):
+        assert np.isfinite(fit(rng.normal(size=(3, 2)), [0, 0, 1]).score_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = fit(np.ones((12, 3)), np.repeat([0, 1], 6))
+    assert est.components_["itm_eta"] == 0.0 and 0.0 <= est.score_ <= 1.0
