@@ -83,7 +83,10 @@ def bench_embedding(args: argparse.Namespace, pool: list, cache_dir: str) -> dic
     from transferkit.curate.crops import CropDataset, CropGrid
     from transferkit.curate.embed import embed_dataset
 
+    from transferkit.curate.embed import model_identity
+
     grid = CropGrid.parse(args.scales)
+    model_identity(args.model)  # warm-up: imports timm and hashes the weights once, outside the timings
     rows, tot_img, tot_crop, tot_s = [], 0, 0, 0.0
     for g in pool:
         ds = g.open(args.seed)

@@ -17,6 +17,15 @@ from transferkit.metrics import weighted_tau_scipy
 RTOL = 1e-6
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """Small BLAS problems: oversubscribed threads on a shared 2-core machine only slow down."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.mark.parametrize(("fname", "expected"), reference_cases("etran"))
 def test_reference_values(fname, expected):
     d = load_reference_input(fname)

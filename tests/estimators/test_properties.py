@@ -76,7 +76,7 @@ BAD_INPUTS = {
     "nan features": (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y), "non-finite"),
     "inf features": (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.inf, X), y), "non-finite"),
     "1-d features": (lambda X, y: (X[:, 0], y), "2-D"),
-    "length mismatch": (lambda X, y: (X, y[:-1]), "rows but labels"),
+    "length mismatch": (lambda X, y: (X, y[:-1]), "samples .* labels"),
     "one class": (lambda X, y: (X, np.zeros_like(y)), "at least 2 classes"),
 }
 
@@ -91,6 +91,8 @@ def test_bad_input_raises_named_valueerror(name, case):
     make, needle = BAD_INPUTS[case]
     Xb, yb = make(X, y)
     est = get_estimator(name, **_params(name))
+    if not est.needs_features and case.endswith("features"):
+        pytest.skip(f"{name} reads only source probabilities; features are ignored")
     with pytest.raises(ValueError, match=needle):
         est.score(Xb, yb, source_probs=P if est.needs_source_probs else None)
 

@@ -83,7 +83,7 @@ class Selection:
     quota: np.ndarray  # (n_queries,)
     filled: np.ndarray  # (n_queries,) items each query got
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> candidates skipped
-    leak_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # candidates flagged as test leakage
+    leak_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # candidates blocked as test leakage
 
     @property
     def short(self) -> np.ndarray:
@@ -190,7 +190,7 @@ def select_balanced(
         active = sorted(still)
     return Selection(np.asarray(out_g, np.int64), np.asarray(out_q, np.int64), np.asarray(out_s, np.float32),
                      np.asarray(out_r, np.int64), quota, filled, skipped,
-                     union[leak].astype(np.int64))
+                     union[leak & ~excl].astype(np.int64))
 
 
 def select_random(

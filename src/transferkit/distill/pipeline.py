@@ -448,6 +448,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     cost["student_samples"]["finetune"] = res.samples
     cost["seconds"]["finetune"] = res.seconds
     student.eval()
+    report["student_sha256"] = state_dict_digest(student)  # per process: DDP ranks must agree
 
     # -- evaluation, saving, export ------------------------------------------------------------------
     if ctx.is_main:

@@ -176,7 +176,9 @@ class TeacherFeatureStore:
         for k, it in zip(keys, items):
             if k not in self._index and k not in missing:
                 missing[k] = (int(it[0]), int(it[1]))
-        todo = list(missing.items())[ctx.rank::ctx.world]
+        # rank 0 decides what is missing (another rank's view of the folder may be older or newer)
+        todo = (ctx.broadcast(list(missing.items()) if ctx.is_main else None) if ctx.active
+                else list(missing.items()))[ctx.rank::ctx.world]
         if todo:
             stats = self._compute(view_ds, todo, forward, stats, batch_size=batch_size, num_workers=num_workers,
                                   device=device, shard_size=shard_size, progress=progress and ctx.is_main,

@@ -336,6 +336,11 @@ class Trainer:
             bar.close()
             logger.close()
         elapsed = elapsed0 + time.perf_counter() - t0
+        if ctx.active:  # BatchNorm statistics of the last forward are rank-local: take rank 0's everywhere
+            import torch.distributed as dist
+
+            for b in self.module.buffers():
+                dist.broadcast(b.data, src=0)
         if step > start:
             self._save(step, elapsed, opt, sched, scaler)
         net.eval()

@@ -54,8 +54,8 @@ def _as_feature_matrix(features: object, name: str = "features") -> np.ndarray:
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {X.shape}")
     X = X.astype(np.float64, copy=False)
-    bad = ~np.isfinite(X)
-    if bad.any():
+    if not np.isfinite(X.sum()) and not np.isfinite(X).all():  # one cheap pass in the common case
+        bad = ~np.isfinite(X)
         rows = np.unique(np.nonzero(bad)[0])
         kind = "NaN" if np.isnan(X).any() else "inf"
         raise ValueError(
@@ -72,7 +72,7 @@ def _remap_labels(labels: object, n: int) -> tuple[np.ndarray, np.ndarray]:
     if y.ndim != 1:
         raise ValueError(f"labels must be a 1-D array of N class labels; got shape {y.shape}")
     if y.shape[0] != n:
-        raise ValueError(f"features have {n} rows but labels have {y.shape[0]} entries")
+        raise ValueError(f"got {n} samples (rows of features/source_probs) but {y.shape[0]} labels")
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)):
             raise ValueError("labels contain NaN or inf")
@@ -89,13 +89,13 @@ def _as_probs(source_probs: object, n: int) -> np.ndarray:
     P = _as_feature_matrix(source_probs, name="source_probs")
     if P.shape[0] != n:
         raise ValueError(f"features have {n} rows but source_probs have {P.shape[0]}")
-    if (P < 0).any():
+    if P.min() < 0:
         raise ValueError(
             "source_probs must be probabilities (non-negative, rows summing to 1); "
             "got negative values - pass softmax(logits), not logits"
         )
     sums = P.sum(axis=1)
-    if not np.allclose(sums, 1.0, atol=1e-3):
+    if np.abs(sums - 1.0).max() > 1e-3:
         raise ValueError(
             "source_probs rows must sum to 1 (probabilities of the source classifier); "
             f"row sums range over [{sums.min():.4g}, {sums.max():.4g}]"
@@ -123,11 +123,14 @@ def check_inputs(
             f"{method} needs source-classifier probabilities: pass source_probs (N x C_s), "
             "or key 'P' in the .npz"
         )
-    if features is None:
+    if features is None or not needs_features:
         if needs_features:
             raise ValueError(f"{method} needs features")
-        n = np.asarray(source_probs).shape[0]
-        X = np.zeros((n, 1))
+        # methods that read only the source probabilities ignore features (none need checking)
+        P0 = np.asarray(source_probs)
+        if P0.ndim != 2:
+            raise ValueError(f"source_probs must be a 2-D array (N, C_s); got shape {P0.shape}")
+        X = np.zeros((P0.shape[0], 0))
     else:
         X = _as_feature_matrix(features)
     y, classes = _remap_labels(labels, X.shape[0])

@@ -36,27 +36,28 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 from scipy.special import logsumexp
 
 from ._base import TransferabilityEstimator, minmax, register_estimator
 from ._validation import CheckedInputs
 
-__all__ = ["ETran", "etran_lda_score", "etran_energy_score"]
+__all__ = ["ETran", "class_means", "etran_lda_score", "etran_energy_score"]
 
 
-def _class_means(X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class means (C x D) and class counts, by a one-hot product (fast, no Python loop)."""
+def class_means(X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class means (C x D) and class counts, by a sparse one-hot product (O(N D), no loop)."""
+    n = X.shape[0]
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    onehot = np.zeros((n_classes, X.shape[0]))
-    onehot[y, np.arange(X.shape[0])] = 1.0
-    return (onehot @ X) / counts[:, None], counts
+    onehot = sparse.csr_matrix((np.ones(n), (y, np.arange(n))), shape=(n_classes, n))
+    return np.asarray(onehot @ X) / counts[:, None], counts
 
 
 def etran_lda_score(X: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> float:
     """Mean true-class probability of the nearest-class-mean softmax (what upstream LDA computes)."""
     n = X.shape[0]
     C = int(y.max()) + 1 if n_classes is None else n_classes
-    means, counts = _class_means(X, y, C)
+    means, counts = class_means(X, y, C)
     logits = X @ means.T
     logits -= 0.5 * np.einsum("cd,cd->c", means, means)
     logits += np.log(counts / n)

@@ -57,7 +57,8 @@ def _bhattacharyya_coefficient_sum(means: np.ndarray, var: np.ndarray, spherical
         sq = np.einsum("ij,ij->i", means, means)
         dist2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * means @ means.T, 0.0)
         avg = 0.5 * (s[:, None] + s[None, :])
-        bd = dist2 / (8.0 * avg) + 0.5 * (np.log(avg) - 0.5 * np.log(s)[:, None] - 0.5 * np.log(s)[None, :])
+        log_s = np.log(s)
+        bd = dist2 / (8.0 * avg) + 0.5 * (np.log(avg) - 0.5 * log_s[:, None] - 0.5 * log_s[None, :])
         coeff = np.exp(-bd)
         np.fill_diagonal(coeff, 0.0)
         return float(coeff.sum())
@@ -68,7 +69,8 @@ def _bhattacharyya_coefficient_sum(means: np.ndarray, var: np.ndarray, spherical
         avg = 0.5 * (var[start:stop, None, :] + var[None, :, :])  # (b, C, D)
         diff = means[start:stop, None, :] - means[None, :, :]
         first = np.sum(diff * diff / avg, axis=2) / 8.0
-        second = np.log(avg).sum(axis=2) - 0.5 * log_var_sum[start:stop, None] - 0.5 * log_var_sum[None, :]
+        log_det_pair = log_var_sum[start:stop, None] + log_var_sum[None, :]
+        second = np.log(avg).sum(axis=2) - 0.5 * log_det_pair
         coeff = np.exp(-(first + 0.5 * second))
         coeff[np.arange(stop - start), np.arange(start, stop)] = 0.0
         total += float(coeff.sum())

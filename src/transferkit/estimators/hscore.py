@@ -31,35 +31,42 @@ def _between_class_factor(Xc: np.ndarray, y: np.ndarray, n_classes: int) -> np.n
     return means * np.sqrt(counts / (n - 1))[:, None]
 
 
-def _row_space_eigh(Xc: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues s^2 of Xc^T Xc and |M v|^2 for each eigenvector v, via the smaller Gram matrix.
+def _small_gram(Xc: np.ndarray) -> np.ndarray:
+    """Xc^T Xc (D x D) when N >= D, else Xc Xc^T (N x N): same nonzero spectrum."""
+    return Xc.T @ Xc if Xc.shape[0] >= Xc.shape[1] else Xc @ Xc.T
+
+
+def _row_space_eigh(
+    Xc: np.ndarray, M: np.ndarray, gram: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues s^2 of Xc^T Xc and |M v|^2 for each eigenvector v, from `_small_gram(Xc)`.
 
     When N < D the D - N null directions of Xc^T Xc are left out: M lies in the row space of Xc, so
     they contribute nothing to the scores.
     """
-    n, d = Xc.shape
-    if n >= d:
-        evals, V = np.linalg.eigh(Xc.T @ Xc)
-        proj = M @ V
+    evals, vecs = np.linalg.eigh(gram)
+    if Xc.shape[0] >= Xc.shape[1]:
+        proj = M @ vecs
     else:
-        evals, U = np.linalg.eigh(Xc @ Xc.T)
+        U = vecs
         s = np.sqrt(np.clip(evals, 0.0, None))
         with np.errstate(divide="ignore", invalid="ignore"):
             proj = np.where(s > 0, (M @ Xc.T) @ U / s, 0.0)  # M v_k with v_k = Xc^T u_k / s_k
     return evals, np.einsum("ck,ck->k", proj, proj)
 
 
-def ledoit_wolf_shrinkage(Xc: np.ndarray) -> float:
+def ledoit_wolf_shrinkage(Xc: np.ndarray, gram: np.ndarray | None = None) -> float:
     """Ledoit-Wolf shrinkage of centred data, as `sklearn.covariance.ledoit_wolf_shrinkage`.
 
-    Same formula as scikit-learn, written with N x N or D x D Gram quantities (whichever is
-    smaller) so that it costs no extra O(N D^2) pass.
+    Same formula as scikit-learn, written with the N x N or D x D Gram matrix (whichever is
+    smaller; pass it as `gram` when already computed) instead of extra O(N D^2) passes.
     """
     n, d = Xc.shape
     if d == 1:
         return 0.0
     sq_norms = np.einsum("ij,ij->i", Xc, Xc)
-    gram = Xc @ Xc.T if n < d else Xc.T @ Xc
+    if gram is None:
+        gram = _small_gram(Xc)
     mu = sq_norms.sum() / (n * d)  # trace(S) / d with S = Xc^T Xc / n
     delta_ = np.sum(gram**2) / n**2  # |S|_F^2
     beta_ = np.sum(sq_norms**2)  # sum of the entries of (Xc^2)^T (Xc^2)
@@ -74,7 +81,7 @@ class HScore(TransferabilityEstimator):
     """H-score tr(pinv(cov f) cov g) with numpy's default pinv cutoff rcond=1e-15, as tllib."""
 
     name = "hscore"
-    summary = "H-score: between-class feature variance relative to total variance, tr(cov(f)^+ cov(g))."
+    summary = "H-score: between-class relative to total feature variance, tr(cov(f)^+ cov(g))."
     reference = (
         "thuml/Transfer-Learning-Library tllib/ranking/hscore.py h_score (pinv rcond 1e-15; "
         "dbolya/parc equal); Bao et al., 'An Information-Theoretic Approach to Transferability "
@@ -89,7 +96,7 @@ class HScore(TransferabilityEstimator):
         X = data.X
         Xc = X - X.mean(axis=0)
         M = _between_class_factor(Xc, data.y, data.n_classes)
-        evals, proj = _row_space_eigh(Xc, M)
+        evals, proj = _row_space_eigh(Xc, M, _small_gram(Xc))
         evals = evals / (data.n_samples - 1)  # eigenvalues of np.cov(f)
         keep = np.abs(evals) > self.params["rcond"] * np.abs(evals).max()
         return {"score": float(np.sum(proj[keep] / evals[keep]))}
@@ -104,11 +111,11 @@ class ShrinkageHScore(TransferabilityEstimator):
     """
 
     name = "hscore_shrinkage"
-    summary = "H-score with a Ledoit-Wolf shrinkage covariance, robust when N is small relative to D."
+    summary = "H-score with a Ledoit-Wolf shrinkage covariance, robust when N is small next to D."
     reference = (
         "thuml/Transfer-Learning-Library tllib/ranking/hscore.py regularized_h_score; Ibrahim et "
-        "al., 'Newer is not always better: Rethinking transferability metrics, their peculiarities, "
-        "stability and performance', ECML-PKDD 2022"
+        "al., 'Newer is not always better: Rethinking transferability metrics, their "
+        "peculiarities, stability and performance', ECML-PKDD 2022"
     )
     components = ("shrinkage",)
 
@@ -116,10 +123,12 @@ class ShrinkageHScore(TransferabilityEstimator):
         X = data.X
         n, d = X.shape
         Xc = X - X.mean(axis=0)
-        alpha = ledoit_wolf_shrinkage(Xc)
+        gram = _small_gram(Xc)
+        alpha = ledoit_wolf_shrinkage(Xc, gram)
         M = _between_class_factor(Xc, data.y, data.n_classes)
-        evals, proj = _row_space_eigh(Xc, M)
+        evals, proj = _row_space_eigh(Xc, M, gram)
         mu = np.einsum("ij,ij->", Xc, Xc) / (n * d)
         shrunk = (1.0 - alpha) * evals / n + alpha * mu
         keep = np.abs(shrunk) > 1e-15 * max(np.abs(shrunk).max(), alpha * mu)
-        return {"score": float((1.0 - alpha) * np.sum(proj[keep] / shrunk[keep])), "shrinkage": alpha}
+        score = (1.0 - alpha) * np.sum(proj[keep] / shrunk[keep])
+        return {"score": float(score), "shrinkage": alpha}

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,6 +56,8 @@ _PC_INPUT = ("evolved", "mapped")
 _INIT = ("prototype", "random")
 _LANCZOS_STEPS = 10  # Krylov steps for λ_max of a batch Gram matrix
 _CHUNK_BYTES = 32 * 2**20  # working-set budget for batched Gram precomputation
+_FULL_GRAM_MAX = 4096  # largest training split whose Gram matrix (64 MiB) is precomputed
+_GATHER_COST = 260  # one gathered Gram entry costs about as much as this many multiply-adds
 
 
 # -- preprocessing ----------------------------------------------------------------------------
@@ -146,7 +149,22 @@ def _batch_schedule(
     b = min(batch_size, n_train)
     n_epochs = -(-n_iters * b // n_train)
     stream = np.concatenate([rng.permutation(n_train) for _ in range(n_epochs)])
-    return stream[: n_iters * b].reshape(n_iters, b)
+    # order within a batch is irrelevant to the (mean) loss; sorted indices gather faster
+    return np.sort(stream[: n_iters * b].reshape(n_iters, b), axis=1)
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` intra-op threads, restoring torch's setting afterwards (None: leave it)."""
+    prev = torch.get_num_threads()
+    if n is None or n == prev:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 # -- the DCA operator -------------------------------------------------------------------------
@@ -220,41 +238,65 @@ def _full_split_scale(X: torch.Tensor, eta: float, norm: str, gen: torch.Generat
     return eta / denom if denom > torch.finfo(X.dtype).tiny else 0.0
 
 
-@dataclass
 class _Psi:
-    """ψ = linear map W (D → K) [+ bias] followed by the classification head h (K → C)."""
+    """ψ = linear map W (D → K) [+ bias b] followed by the classification head h (K → C).
 
-    W: torch.Tensor
-    b: torch.Tensor | None
-    Hw: torch.Tensor
-    hb: torch.Tensor
+    All parameters are views of one flat leaf tensor `theta`, so that the optimizer updates a
+    single tensor per step (7 small ops) inside the 500-step loop.
+    """
 
-    @classmethod
-    def init(cls, d: int, c: int, affine: bool, how: str, gen: torch.Generator) -> _Psi:
-        """Initial ψ: `how="prototype"` sets W = 0 and h = identity on the one-hot centres
-        (deterministic and equivariant to renaming the classes); "random" draws nn.Linear's
-        U(±1/√fan_in) from the local generator."""
+    def __init__(self, d: int, c: int, affine: bool, how: str, gen: torch.Generator) -> None:
+        self.shapes = [(d, c), (c,) if affine else (0,), (c, c), (c,)]
+        self.theta = torch.zeros(sum(math.prod(sh) for sh in self.shapes), dtype=torch.float32)
+        W, b, Hw, hb = self._views()
         if how == "prototype":
-            zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float32)  # noqa: E731
-            W, b, Hw, hb = zeros(d, c), zeros(c) if affine else None, torch.eye(c), zeros(c)
-        else:
-            def u(*shape: int, fan_in: int) -> torch.Tensor:
-                t = torch.rand(*shape, generator=gen, dtype=torch.float32)
-                return (t * 2 - 1) / math.sqrt(fan_in)
+            # W = 0 and h = identity on the one-hot centres: deterministic, and equivariant to
+            # renaming the classes
+            Hw.copy_(torch.eye(c))
+        else:  # nn.Linear's U(±1/√fan_in), from the local generator
+            for t, fan_in in ((W, d), (b, d), (Hw, c), (hb, c)):
+                t.copy_((torch.rand(t.shape, generator=gen) * 2 - 1) / math.sqrt(fan_in))
+        self.theta.requires_grad_(True)
 
-            W, b = u(d, c, fan_in=d), u(c, fan_in=d) if affine else None
-            Hw, hb = u(c, c, fan_in=c), u(c, fan_in=c)
-        return cls(*(t.requires_grad_(True) if t is not None else None for t in (W, b, Hw, hb)))
-
-    def params(self) -> list[torch.Tensor]:
-        return [p for p in (self.W, self.b, self.Hw, self.hb) if p is not None]
+    def _views(self) -> list[torch.Tensor]:
+        out, offset = [], 0
+        for shape in self.shapes:
+            n = math.prod(shape)
+            out.append(self.theta[offset : offset + n].view(shape))
+            offset += n
+        return out
 
     def map(self, X: torch.Tensor) -> torch.Tensor:
-        Z = X @ self.W
-        return Z if self.b is None else Z + self.b
+        W, b, _, _ = self._views()
+        return X @ W if b.numel() == 0 else X @ W + b
 
     def head(self, Z: torch.Tensor) -> torch.Tensor:
-        return F.linear(Z, self.Hw, self.hb)
+        _, _, Hw, hb = self._views()
+        return F.linear(Z, Hw, hb)
+
+
+class _AdamW:
+    """torch.optim.AdamW's update (decoupled weight decay, β = (0.9, 0.999), ε = 1e-8) for one
+    tensor, without the optimizer-framework overhead per step."""
+
+    def __init__(self, param: torch.Tensor, lr: float, weight_decay: float) -> None:
+        self.param, self.lr, self.wd = param, lr, weight_decay
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        p, g = self.param, self.param.grad
+        assert g is not None
+        b1, b2 = 0.9, 0.999
+        self.t += 1
+        p.mul_(1.0 - self.lr * self.wd)
+        self.m.lerp_(g, 1.0 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        denom = (self.v.sqrt() / math.sqrt(1.0 - b2**self.t)).add_(1e-8)
+        p.addcdiv_(self.m, denom, value=-self.lr / (1.0 - b1**self.t))
+        p.grad = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +311,7 @@ class _Setup:
     eval_every: int
     lr: float
     weight_decay: float
+    step_threads: int | None
 
 
 def _evaluate(
@@ -307,6 +350,18 @@ def _evaluate(
     return float((pred == yval).to(torch.float64).mean())
 
 
+def _split_gram(Xtr: torch.Tensor, b: int, n_iters: int) -> torch.Tensor | None:
+    """The training split's Gram matrix (flattened) when cutting the batch Gram matrices out of
+    it is clearly cheaper than computing one per step — small splits are revisited in hundreds
+    of batches — else None."""
+    n, d = Xtr.shape
+    per_step = n_iters * b * b * d  # multiply-adds of one Gram matrix per step
+    precompute = n * n * d + _GATHER_COST * n_iters * b * b
+    if n <= _FULL_GRAM_MAX and 1.5 * precompute < per_step:
+        return (Xtr @ Xtr.T).view(-1)
+    return None
+
+
 def _train_and_validate(
     Xtr: torch.Tensor,
     ytr: torch.Tensor,
@@ -323,15 +378,21 @@ def _train_and_validate(
     b = schedule.shape[1]
     Etr = F.one_hot(ytr, n_classes).to(torch.float32)
     Eval = F.one_hot(yval, n_classes).to(torch.float32)
-    psi = _Psi.init(d, n_classes, affine, st.init, gen)
+    psi = _Psi(d, n_classes, affine, st.init, gen)
     v0 = torch.rand(b, generator=gen, dtype=torch.float32) + 0.5
     v0 = v0 / v0.norm()
     s_full = 0.0
     if st.val_evolution == "train_step":
         s_full = _full_split_scale(Xtr, st.eta, st.dca_norm, gen)
-    opt = torch.optim.AdamW(psi.params(), lr=st.lr, weight_decay=st.weight_decay, fused=True)
+    opt = _AdamW(psi.theta, st.lr, st.weight_decay)
     use_dca = st.eta > 0
-    chunk = max(1, min(st.n_iters, _CHUNK_BYTES // max(1, 4 * b * (d + b))))
+    G_full = _split_gram(Xtr, b, st.n_iters) if use_dca else None
+
+    def evaluate() -> float:
+        return _evaluate(psi, Xtr, Etr, s_full, Xval, Eval, yval, b, st, v0)
+
+    per_step = 4 * b * (d + b)
+    chunk = max(1, min(st.n_iters, _CHUNK_BYTES // per_step))
     accs: list[float] = []
     for lo in range(0, st.n_iters, chunk):
         idx = schedule[lo : lo + chunk]
@@ -340,23 +401,46 @@ def _train_and_validate(
         Xc = Xtr.index_select(0, flat).view(m, b, d)  # gathered once for `m` steps
         yc = ytr.index_select(0, flat).view(m, b)
         Ec = F.one_hot(yc, n_classes).to(torch.float32)
+        Gc, Sc = None, []
         if use_dca:
-            Gc = Xc @ Xc.transpose(1, 2)  # the batch Gram matrices E_j E_jᵀ
+            if G_full is not None:  # cut the batch blocks out of the split's Gram matrix
+                cells = (idx.unsqueeze(2) * n_train + idx.unsqueeze(1)).view(-1)
+                Gc = G_full.index_select(0, cells).view(m, b, b)
+            else:
+                Gc = Xc @ Xc.transpose(1, 2)  # the batch Gram matrices E_j E_jᵀ
             Sc = _dca_scale(Gc, st.eta, st.dca_norm, v0).tolist()
-        for j in range(m):
-            xb, eb, yb = Xc[j], Ec[j], yc[j]
-            Z = psi.map(xb)
-            Zp = dca_evolve(Z, Gc[j], eb, Sc[j]) if use_dca else Z
-            loss = F.cross_entropy(psi.head(Zp), yb)
-            if st.lam > 0:
-                loss = loss + st.lam * F.mse_loss(Zp if st.pc_input == "evolved" else Z, eb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            t = lo + j + 1
-            if t % st.eval_every == 0 or t == st.n_iters:
-                with torch.no_grad():
-                    accs.append(_evaluate(psi, Xtr, Etr, s_full, Xval, Eval, yval, b, st, v0))
+        with _torch_threads(st.step_threads):
+            accs += _train_steps(psi, opt, Xc, Ec, yc, Gc, Sc, lo, st, evaluate)
+    return accs
+
+
+def _train_steps(
+    psi: _Psi,
+    opt: _AdamW,
+    Xc: torch.Tensor,
+    Ec: torch.Tensor,
+    yc: torch.Tensor,
+    Gc: torch.Tensor | None,
+    Sc: list[float],
+    lo: int,
+    st: _Setup,
+    evaluate: Callable[[], float],
+) -> list[float]:
+    """One chunk of training steps (Eq. 7 then Eq. 8); validation accuracies of its checks."""
+    accs = []
+    for j in range(Xc.shape[0]):
+        xb, eb, yb = Xc[j], Ec[j], yc[j]
+        Z = psi.map(xb)
+        Zp = dca_evolve(Z, Gc[j], eb, Sc[j]) if Gc is not None else Z
+        loss = F.cross_entropy(psi.head(Zp), yb)
+        if st.lam > 0:
+            loss = loss + st.lam * F.mse_loss(Zp if st.pc_input == "evolved" else Z, eb)
+        loss.backward()
+        opt.step()
+        t = lo + j + 1
+        if t % st.eval_every == 0 or t == st.n_iters:
+            with torch.no_grad():
+                accs.append(evaluate())
     return accs
 
 
@@ -402,6 +486,9 @@ class ITM(TransferabilityEstimator):
             "val_evolution": "train_step",  # "train_step" | "none" | "self_labels"
             "psi": "linear",  # "linear" (W, Eq. 4) | "affine" (W and a bias)
             "init": "prototype",  # W = 0, head = I on the centres | "random" (nn.Linear's)
+            # intra-op threads for the ~30 small ops of each training step (None: torch's
+            # setting, restored afterwards either way); batched Gram work uses torch's setting
+            "step_threads": 1,
         }
 
     def _setup(self) -> _Setup:
@@ -425,6 +512,11 @@ class ITM(TransferabilityEstimator):
         ):
             if p[key] not in allowed:
                 raise ValueError(f"itm: {key} must be one of {allowed}; got {p[key]!r}")
+        nt = p["step_threads"]
+        if nt is not None and (
+            isinstance(nt, bool) or not isinstance(nt, (int, np.integer)) or nt < 1
+        ):
+            raise ValueError(f"itm: step_threads must be None or a positive integer; got {nt!r}")
         lam = p["lam"]
         if lam != "eta" and (
             isinstance(lam, (str, bool)) or not (float(lam) >= 0 and math.isfinite(float(lam)))
@@ -446,6 +538,7 @@ class ITM(TransferabilityEstimator):
             eval_every=int(p["eval_every"]),
             lr=float(p["lr"]),
             weight_decay=float(p["weight_decay"]),
+            step_threads=None if p["step_threads"] is None else int(p["step_threads"]),
         )
 
     def _score(self, data: CheckedInputs, random_state: int) -> dict[str, float]:

@@ -81,7 +81,7 @@ class KNN1(TransferabilityEstimator):
     name = "knn1"
     summary = "Leave-one-out 1-nearest-neighbour accuracy (x100) of the target features."
     reference = (
-        "dbolya/parc methods.py kNN(k=1, metric='l2') (hold-one-out); Bolya et al., 'Scalable "
+        "dbolya/parc methods.py kNN (k=1, L2, hold-one-out); Bolya et al., 'Scalable "
         "Diverse Model Selection for Accessible Transfer Learning', NeurIPS 2021"
     )
 

@@ -39,7 +39,7 @@ class LEEP(TransferabilityEstimator):
     """
 
     name = "leep"
-    summary = "Log expected empirical prediction of the source classifier relabelled to target classes."
+    summary = "Log expected empirical prediction of the source classifier mapped to target labels."
     reference = (
         "thuml/LogME LEEP.py LEEP (same as tllib ranking/leep.py and dbolya/parc); "
         "Nguyen et al., 'LEEP: A New Measure to Evaluate Transferability of Learned "
@@ -71,7 +71,7 @@ class NCE(TransferabilityEstimator):
     """
 
     name = "nce"
-    summary = "Negative conditional entropy of target labels given the source model's hard predictions."
+    summary = "Negative conditional entropy of target labels given the source model's argmax."
     reference = (
         "thuml/LogME NCE.py NCE on argmax of the source probabilities (same as tllib "
         "ranking/nce.py; variant='parc': dbolya/parc methods.py); Tran et al., 'Transferability "

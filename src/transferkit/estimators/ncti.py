@@ -44,6 +44,7 @@ from scipy import linalg
 
 from ._base import TransferabilityEstimator, minmax, register_estimator
 from ._validation import CheckedInputs, safe_n_components
+from .etran import class_means
 
 __all__ = ["NCTI", "ncti_components", "pca_transform"]
 
@@ -144,11 +145,8 @@ def pca_transform(X: np.ndarray, n_components: int, random_state: int = 0) -> np
 def _lda(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float):
     """Discriminant directions (d x r, Sw-orthonormal, most discriminative first), means, priors."""
     n, d = X.shape
-    counts = np.bincount(y, minlength=C).astype(np.float64)
+    means, counts = class_means(X, y, C)
     priors = counts / n
-    onehot = np.zeros((C, n))
-    onehot[y, np.arange(n)] = 1.0
-    means = (onehot @ X) / counts[:, None]
     xbar = priors @ means
     Sw = _gram(X - means[y]) / n  # = sum_c pi_c cov_c (biased), as sklearn
     Mc = (means - xbar) * np.sqrt(priors)[:, None]
@@ -202,7 +200,8 @@ def ncti_components(
     scalings, means, priors = _lda(X, y, C, shrinkage)
     r = min(C - 1, d, scalings.shape[1])
     W = scalings[:, :r]
-    # ||X W||_* from the r x r Gram matrix (its eigenvalues are >= N(1 - shrinkage): well scaled)
+    # ||X W||_* from the r x r Gram matrix: W^T Sw W = I makes it >= N*I without shrinkage, so
+    # the square roots lose no precision (X is centred: the Gram is N * W^T St W)
     gram_z = W.T @ _gram(X) @ W
     seli = float(np.sum(np.sqrt(np.clip(linalg.eigvalsh(gram_z), 0.0, None))))
     # posteriors: softmax(X Sw^+ mu_c - mu_c Sw^+ mu_c / 2 + log pi_c)  (sklearn eigen solver)

@@ -28,12 +28,12 @@ import numpy as np
 from scipy import linalg
 from scipy.special import logsumexp
 from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
+from threadpoolctl import threadpool_limits
 
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs
 
-__all__ = ["NLEEP", "nleep_score", "gmm_posteriors"]
+__all__ = ["NLEEP", "nleep_score", "gmm_posteriors", "pca_keep_variance"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -48,6 +48,7 @@ class _Components:
         self.low_k: list[int] = []
         self.low_U: list[np.ndarray] = []  # d x m orthonormal basis of the support span
         self.low_eig: list[np.ndarray] = []  # covariance eigenvalues in that span (s^2 + reg)
+        self.empty_k: list[int] = []  # no responsibility at all: covariance reg * I
 
 
 def _m_step(Z: np.ndarray, resp: np.ndarray, reg: float, weights_by: str
@@ -60,11 +61,13 @@ def _m_step(Z: np.ndarray, resp: np.ndarray, reg: float, weights_by: str
     weights = nk / (N if weights_by == "n" else nk.sum())
     comps = _Components(d)
     log_det = np.empty(K)  # log det of the precision Cholesky factor = -0.5 log det(cov)
-    eye = np.eye(d)
     supports = [np.flatnonzero(resp[:, k]) for k in range(K)]
     sizes = np.array([sup.size for sup in supports])
     # low-rank components, batched by support size (one stacked SVD per size)
-    for m in np.unique(sizes[2 * sizes <= d]):
+    for k in np.flatnonzero(sizes == 0):
+        comps.empty_k.append(int(k))
+        log_det[k] = -0.5 * d * math.log(reg)
+    for m in np.unique(sizes[(2 * sizes <= d) & (sizes > 0)]):
         ks = np.flatnonzero(sizes == m)
         A = np.stack([(Z[supports[k]] - means[k]) * np.sqrt(resp[supports[k], k] / nk[k])[:, None]
                       for k in ks])  # (n, m, d)
@@ -75,7 +78,19 @@ def _m_step(Z: np.ndarray, resp: np.ndarray, reg: float, weights_by: str
             comps.low_U.append(Vt[i].T)
             comps.low_eig.append(eig[i])
             log_det[k] = -0.5 * ((d - m) * math.log(reg) + np.log(eig[i]).sum())
-    for k in np.flatnonzero(2 * sizes > d):
+    with threadpool_limits(limits=1, user_api="blas"):  # many small products: threads only hurt
+        _dense_components(Z, resp, nk, means, reg, np.flatnonzero(2 * sizes > d), comps,
+                          log_det)
+    return weights, means, comps, log_det
+
+
+def _dense_components(Z: np.ndarray, resp: np.ndarray, nk: np.ndarray, means: np.ndarray,
+                      reg: float, ks: np.ndarray, comps: _Components, log_det: np.ndarray
+                      ) -> None:
+    """scikit-learn's full covariances and precision Cholesky factors for components ``ks``."""
+    d = Z.shape[1]
+    eye = np.eye(d)
+    for k in ks:
         diff = Z - means[k]
         cov = ((resp[:, k] * diff.T) @ diff) / nk[k]
         cov.flat[:: d + 1] += reg
@@ -90,16 +105,19 @@ def _m_step(Z: np.ndarray, resp: np.ndarray, reg: float, weights_by: str
         comps.dense_k.append(int(k))
         comps.dense_prec.append(prec)
         log_det[k] = np.log(np.diag(prec)).sum()
-    return weights, means, comps, log_det
 
 
 def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: float) -> np.ndarray:
     """Squared Mahalanobis distances (N, K) of every sample to every component."""
     N, d = Z.shape
     maha = np.empty((N, means.shape[0]))
-    for k, prec in zip(comps.dense_k, comps.dense_prec):
-        y = Z @ prec - means[k] @ prec
-        maha[:, k] = np.einsum("ij,ij->i", y, y)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for k, prec in zip(comps.dense_k, comps.dense_prec):
+            y = Z @ prec - means[k] @ prec
+            maha[:, k] = np.einsum("ij,ij->i", y, y)
+    for k in comps.empty_k:
+        v = Z - means[k]
+        maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
     z2 = np.einsum("ij,ij->i", Z, Z)
     n_low = len(comps.low_k)
     block = max(1, 2048 // max(1, max((u.shape[1] for u in comps.low_U), default=1)))
@@ -179,6 +197,31 @@ def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
     return np.exp(log_resp)
 
 
+def pca_keep_variance(X: np.ndarray, variance: float) -> np.ndarray:
+    """``PCA(n_components=variance).fit_transform(X)`` for 0 < variance < 1 (signs may differ).
+
+    Eigen-decomposition of the smaller Gram / covariance matrix, single-threaded: LAPACK's
+    threaded SVD is pathologically slow on a busy machine and gains little here.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    N, D = X.shape
+    Xc = X - X.mean(axis=0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if N >= D:
+            w, V = np.linalg.eigh(Xc.T @ Xc)
+        else:
+            w, V = np.linalg.eigh(Xc @ Xc.T)
+    w, V = np.maximum(w[::-1], 0.0), V[:, ::-1]
+    total = w.sum()
+    if not total > 0:
+        raise ValueError("nleep: the features have zero variance")
+    k = int(np.searchsorted(np.cumsum(w / total), variance, side="right")) + 1
+    k = min(k, int(np.count_nonzero(w > 0)))
+    if N >= D:
+        return Xc @ V[:, :k]
+    return V[:, :k] * np.sqrt(w[:k])  # U * S, the same scores as Xc @ components
+
+
 def nleep_score(X: np.ndarray, y: np.ndarray, *, variance: float = 0.8,
                 components_per_class: int = 5, random_state: int = 0) -> float:
     """N-LEEP score (mean posterior of the true label, no log) of features ``X`` for ``y``."""
@@ -186,7 +229,7 @@ def nleep_score(X: np.ndarray, y: np.ndarray, *, variance: float = 0.8,
     y = np.asarray(y, dtype=np.int64)
     N = X.shape[0]
     C = int(y.max()) + 1
-    Z = PCA(n_components=variance).fit(X).transform(X)
+    Z = pca_keep_variance(X, variance)
     prob = gmm_posteriors(Z, components_per_class * C, random_state)  # p(z|x)
     Y = np.zeros((N, C))
     Y[np.arange(N), y] = 1.0

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs, safe_n_components
@@ -36,10 +37,11 @@ from ._validation import CheckedInputs, safe_n_components
 __all__ = ["PARC", "parc_score", "spearman_vs_grouped"]
 
 
-def _upper(A: np.ndarray) -> np.ndarray:
+def _upper(A: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Strict upper triangle, row-major (the order of ``np.triu_indices(n, 1)``)."""
-    n = A.shape[0]
-    return A[np.triu(np.ones((n, n), dtype=bool), 1)]
+    if mask is None:
+        mask = np.triu(np.ones(A.shape, dtype=bool), 1)
+    return A[mask]
 
 
 def _sum_sq_avg_ranks(M: int, tie_sizes: np.ndarray) -> float:
@@ -90,30 +92,43 @@ def spearman_vs_grouped(values: np.ndarray, group: np.ndarray, n_groups: int) ->
     return cov / np.sqrt(var1 * var2)
 
 
-def _label_groups(y: np.ndarray, C: int, exact_ties: bool) -> tuple[np.ndarray, int]:
+def _label_groups(y: np.ndarray, C: int, exact_ties: bool, mask: np.ndarray
+                  ) -> tuple[np.ndarray, int]:
     """Tie-group id (ordered by RDM value) of every upper-triangle pair of the label RDM."""
     if exact_ties:
-        return _upper(y[:, None] != y[None, :]).astype(np.int64), 2
-    # Exactly upstream's RDM, then group its few distinct values without a full sort:
-    # same-class values lie in [0, 0.5) on the 2^-53 grid, different-class values in [1, 2]
-    # on the 2^-52 grid (the RDM is 1 - a correlation clipped to [-1, 1]).
-    v = _upper(1.0 - np.corrcoef(np.eye(C)[y]))
-    far = v >= 0.5
-    key = np.where(far, np.rint((v - 1.0) * 2.0**52), np.rint(v * 2.0**53)).astype(np.int64)
-    lo_near = key[~far].min() if (~far).any() else 0
-    lo_far = key[far].min() if far.any() else 0
-    span_near = (key[~far].max() - lo_near + 1) if (~far).any() else 0
-    span_far = (key[far].max() - lo_far + 1) if far.any() else 0
-    exact = (np.where(far, 1.0 + (key * 2.0**-52), key * 2.0**-53) == v).all()
-    if exact and span_near + span_far <= 1_000_000:
-        code = np.where(far, span_near + key - lo_far, key - lo_near)
-        present = np.flatnonzero(np.bincount(code, minlength=span_near + span_far))
-        remap = np.zeros(span_near + span_far, dtype=np.int64)
-        remap[present] = np.arange(present.size)
-        return remap[code], present.size
-    # fallback (not expected): sort-based grouping
-    _, group = np.unique(v, return_inverse=True)
-    return group.astype(np.int64), int(group.max()) + 1
+        return _upper(y[:, None] != y[None, :], mask).astype(np.int64), 2
+    # Exactly upstream's RDM. Its rounding pattern depends on how BLAS splits the product
+    # between threads (up to ~2e-5 in the final score); the reference values were computed
+    # with 2 BLAS threads, so we fix that count here to make the result reproducible.
+    with threadpool_limits(limits=2, user_api="blas"):
+        rdm = 1.0 - np.corrcoef(np.eye(C)[y])
+    # The RDM is 1 - (a correlation clipped to [-1, 1]): same-class values are multiples of
+    # 2^-53 in [0, 0.5), different-class ones 1 + multiples of 2^-52 in [1, 2], so v * 2^53
+    # is an exact, order-preserving integer key for every value.
+    key = (_upper(rdm, mask) * 2.0**53).astype(np.int64)
+    del rdm
+    far = key >= 2**52
+    near_max = int(key.max(where=~far, initial=-1))
+    far_min = int(key.min(where=far, initial=2**62))
+    if far.any():
+        key[far] -= far_min - near_max - 1  # far keys right after the near ones
+    span = int(key.max()) + 1
+    if span <= 1_000_000:
+        return key, span
+    # not expected for a correlation RDM; sort-based grouping
+    _, group = np.unique(key, return_inverse=True)
+    return group.astype(np.int64).reshape(-1), int(group.max()) + 1
+
+
+def _feature_rdm_upper(feats: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Upper triangle of ``1 - np.corrcoef(feats)`` (rows = samples)."""
+    Zc = feats - feats.mean(axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", Zc, Zc))
+    Zn = np.divide(Zc, norms[:, None], out=np.zeros_like(Zc), where=norms[:, None] > 0)
+    G = Zn @ Zn.T
+    np.clip(G, -1.0, 1.0, out=G)
+    np.subtract(1.0, G, out=G)
+    return _upper(G, mask)
 
 
 def parc_score(X: np.ndarray, y: np.ndarray, *, n_dims: int = 32, random_state: int = 1919,
@@ -126,8 +141,9 @@ def parc_score(X: np.ndarray, y: np.ndarray, *, n_dims: int = 32, random_state: 
     feats = PCA(n_components=k, svd_solver="randomized", random_state=random_state,
                 iterated_power=1).fit_transform(X)
     feats = StandardScaler().fit_transform(feats)
-    rdm1 = _upper(1.0 - np.corrcoef(feats))
-    group, n_groups = _label_groups(y, C, exact_label_ties)
+    mask = np.triu(np.ones((X.shape[0], X.shape[0]), dtype=bool), 1)
+    rdm1 = _feature_rdm_upper(feats, mask)
+    group, n_groups = _label_groups(y, C, exact_label_ties, mask)
     return 100.0 * spearman_vs_grouped(rdm1, group, n_groups)
 
 

@@ -1,4 +1,4 @@
-"""TransRate: coding-rate reduction of the features by the target labels (Huang et al., ICML 2022)."""
+"""TransRate: coding-rate reduction of the features by the labels (Huang et al., ICML 2022)."""
 
 from __future__ import annotations
 

@@ -22,10 +22,11 @@ PAPER_WEIGHT_DECAYS = (1e-2, 1e-4)
 AUGMENTATIONS = ("none", "flip", "flip_crop")
 SCHEDULES = ("constant", "cosine")
 BN_MODES = ("train", "frozen")
+HEAD_INITS = ("zeros", "normal", "default")
 
 # fields that change the result (they go into the run's identity); the rest are runtime choices
 _RESULT_FIELDS = ("model", "model_options", "data", "train_split", "test_split", "per_class_train", "per_class_test",
-                  "img_size", "epochs", "batch_size", "lrs", "weight_decays", "head_lr_scale", "schedule",
+                  "img_size", "epochs", "batch_size", "lrs", "weight_decays", "head_lr_scale", "head_init", "schedule",
                   "augment", "bn", "label_smoothing", "seed")
 
 
@@ -57,6 +58,7 @@ class FinetuneConfig:
     lrs: tuple[float, ...] = PAPER_LRS
     weight_decays: tuple[float, ...] = PAPER_WEIGHT_DECAYS
     head_lr_scale: float = 1.0
+    head_init: str = "zeros"
     schedule: str = "constant"
     augment: str = "flip_crop"
     bn: str = "train"
@@ -96,6 +98,8 @@ class FinetuneConfig:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.augment not in AUGMENTATIONS:
             problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.head_init not in HEAD_INITS:
+            problems.append(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         if self.bn not in BN_MODES:
             problems.append(f"bn must be one of {BN_MODES}, got {self.bn!r}")
         if str(self.amp) not in ("auto", "fp32", "bf16", "fp16"):
@@ -165,7 +169,7 @@ class FinetuneConfig:
                 "per_class_test": self.per_class_test, "img_size_cap": self.img_size,
                 "lrs": " ".join(f"{v:g}" for v in self.lrs),
                 "weight_decays": " ".join(f"{v:g}" for v in self.weight_decays),
-                "head_lr_scale": self.head_lr_scale, "schedule": self.schedule, "augment": self.augment,
+                "head_lr_scale": self.head_lr_scale, "head_init": self.head_init, "schedule": self.schedule, "augment": self.augment,
                 "bn": self.bn, "seed": self.seed}
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,9 @@ LEAD_COLUMNS = ("model", "dataset", "accuracy", "best_lr", "best_weight_decay", 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(f".{path.name}.lock")
+    # the lock lives in the temp folder (the CSV itself is replaced by rename, so it cannot carry the lock)
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"transferkit-gt-{digest}.lock"
     with open(lock, "a") as fh:
         try:
             import fcntl

@@ -18,14 +18,17 @@ from typing import Any
 import torch
 
 from ..data import open_dataset
-from ..models import ModelEntry, resolve_model
+from ..models import PREPROCESS_KEYS, ModelEntry, resolve_model
 from ..reporting import atomic_write_text
 from .config import FinetuneConfig
 from .groundtruth import append_ground_truth
 from .images import load_image_tensors
 from .train import EpochCallback, TrainContext, train_grid_point
 
-__all__ = ["FinetuneResult", "finetune", "resolve_device", "run_dir"]
+# zoo-entry options that matter for fine-tuning (the head size is ours; layer/batch size are extraction options)
+_MODEL_OPTIONS = frozenset(PREPROCESS_KEYS) | {"model_args", "pretrained"}
+
+__all__ = ["FinetuneResult", "finetune", "init_head", "resolve_device", "run_dir"]
 
 
 @dataclass
@@ -74,6 +77,38 @@ def run_dir(cfg: FinetuneConfig) -> Path:
     return Path(cfg.work_dir) / "runs" / f"{_slug(cfg.display_model)}__{_slug(cfg.display_dataset)}-{cfg.identity()}"
 
 
+def init_head(model: torch.nn.Module, how: str) -> None:
+    """Initialise the new classifier: ``zeros``, ``normal`` (std 0.01, zero bias) or ``default`` (keep)."""
+    if how == "default":
+        return
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    layers = [m for m in head.modules() if isinstance(m, torch.nn.Linear)] if isinstance(head, torch.nn.Module) else []
+    if not layers:
+        raise ValueError(f"cannot find the linear classifier of {type(model).__name__} to initialise")
+    with torch.no_grad():
+        for lin in layers:
+            if how == "zeros":
+                lin.weight.zero_()
+            else:
+                lin.weight.normal_(0.0, 0.01)
+            if lin.bias is not None:
+                lin.bias.zero_()
+
+
+def relative_spec(spec: str, base: Path) -> str:
+    """A model spec with its file path written relative to ``base`` (portable ground-truth rows)."""
+    import os
+
+    prefix, path = "", spec
+    if spec.startswith("local-dir:"):
+        prefix, path = "local-dir:", spec[len("local-dir:"):]
+    elif "@" in spec and "/" not in spec.split("@", 1)[0]:
+        prefix, path = spec.split("@", 1)[0] + "@", spec.split("@", 1)[1]
+    if not os.path.isabs(path):
+        return spec
+    return prefix + os.path.relpath(path, base)
+
+
 def _read_state(path: Path, cfg: FinetuneConfig) -> dict[str, Any]:
     if path.exists():
         try:
@@ -102,7 +137,8 @@ def finetune(cfg: FinetuneConfig, *, on_epoch: EpochCallback | None = None) -> F
     num_classes = len(train_ds.classes)
     if num_classes < 2:
         raise ValueError(f"{cfg.data}: fine-tuning needs at least 2 classes, found {num_classes}")
-    entry = ModelEntry(cfg.display_model, cfg.model, dict(cfg.model_options))
+    opts = {k: v for k, v in cfg.model_options.items() if k in _MODEL_OPTIONS}
+    entry = ModelEntry(cfg.display_model, cfg.model, opts)
     rm = resolve_model(entry, num_classes=num_classes)
     dcfg = rm.data_config()
     native = int(dcfg["input_size"][-1])
@@ -131,6 +167,7 @@ def finetune(cfg: FinetuneConfig, *, on_epoch: EpochCallback | None = None) -> F
             base = rm.build()
             if int(getattr(base, "num_classes", num_classes) or 0) != num_classes:
                 raise ValueError(f"{cfg.model}: could not give the model a {num_classes}-class head")
+            init_head(base, cfg.head_init)
         desc = f"{name} lr={lr:g} wd={wd:g} [{i + 1}/{len(cfg.grid)}]"
         history, secs = train_grid_point(base, i, lr, wd, cfg, ctx, ckpt, on_epoch=on_epoch, desc=desc)
         state["points"][str(i)] = {"lr": lr, "weight_decay": wd, "history": history, "seconds": secs, "done": True}
@@ -149,6 +186,8 @@ def finetune(cfg: FinetuneConfig, *, on_epoch: EpochCallback | None = None) -> F
                             histories[bi]["weight_decay"], be, histories, sum(h["seconds"] for h in histories),
                             len(train), len(test), size, str(device), rm.spec, cfg.budget())
     if cfg.output:
-        append_ground_truth(cfg.output, result.row())
+        row = result.row()
+        row["spec"] = relative_spec(rm.spec, Path(cfg.output).resolve().parent)
+        append_ground_truth(cfg.output, row)
     return result
 

@@ -1,0 +1,1 @@
+"""Benchmarks: specs, the runner, reports and plots, published ground truth and suites."""

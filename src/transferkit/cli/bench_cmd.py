@@ -1,0 +1,77 @@
+"""`transferkit bench`: run a benchmark spec (or a built-in suite) and write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("bench")
+@click.argument("spec")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Report folder (default: the spec's).")
+@click.option("--methods", "-m", help="Comma-separated estimator names or 'all' (default: the spec's).")
+@click.option("--models", help="Only these models (comma-separated names).")
+@click.option("--datasets", help="Only these datasets (comma-separated names).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Suites: folder holding the datasets.")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="NAME=PATH",
+              help="Suites: local checkpoint of a model timm has no weights for (repeatable).")
+@click.option("--skip-missing", is_flag=True, help="Suites: leave out models/datasets that are not available.")
+@click.option("--gt", "gt", help="Ground truth instead of the spec's: a CSV (model, dataset, accuracy) or "
+              "published:<table>.")
+@click.option("--cache", "cache_dir", help="Feature cache folder (default: the spec's).")
+@click.option("--device", help="Feature extraction device (default: the spec's).")
+@click.option("--replot", is_flag=True, help="Only rebuild report.md and the figures from results.json.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(spec: str, out_dir: str | None, methods: str | None, models: str | None, datasets: str | None,
+            data_root: str | None, checkpoints: tuple[str, ...], skip_missing: bool, gt: str | None, cache_dir: str | None,
+            device: str | None, replot: bool, no_plots: bool, quiet: bool) -> None:
+    """Benchmark transferability estimators: per-dataset weighted tau, Kendall tau, Spearman rho, top-1
+    relative accuracy and wall-clock of every method against fine-tuned ground truth.
+
+    SPEC is a benchmark YAML file or a built-in suite (itm10: the ITM paper's zoo and Table 3 ground
+    truth; needs --data-root and --checkpoint for MoCov3-B16 / SimMIM-B16). Writes report.md, metrics.csv,
+    scores.csv, results.json and PNG figures.
+    """
+    from ..benchmark.report import write_report
+    from ..benchmark.runner import BenchmarkResult, run_benchmark
+    from ..benchmark.spec import load_spec
+    from ..benchmark.suites import SUITES, get_suite
+
+    names = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    try:
+        if spec in SUITES and not Path(spec).exists():
+            if not data_root:
+                raise click.UsageError(f"suite {spec} needs --data-root (the folder holding its datasets)")
+            ckpts = {}
+            for c in checkpoints:
+                if "=" not in c:
+                    raise click.BadParameter(f"--checkpoint takes NAME=PATH, got {c!r}")
+                k, v = c.split("=", 1)
+                ckpts[k.strip()] = v.strip()
+            bench = get_suite(spec, data_root=data_root, checkpoints=ckpts, skip_missing=skip_missing,
+                              datasets=names(datasets))
+        else:
+            bench = load_spec(spec).select(None, names(datasets))
+        bench = bench.select(names(models), None)
+        if methods:
+            bench.methods = methods
+        if gt:
+            bench.ground_truth = gt if gt.startswith("published:") else str(Path(gt).resolve())
+        if cache_dir:
+            bench.features.cache_dir = str(Path(cache_dir).resolve())
+        if device:
+            bench.features.device = device
+        out = Path(out_dir) if out_dir else bench.report_dir()
+        if replot:
+            result = BenchmarkResult.load(out)
+        else:
+            result = run_benchmark(bench, progress=not quiet, log=click.echo)
+        paths = write_report(result, out, bench.description, plots=not no_plots)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    from ..benchmark.report import headline_markdown
+
+    click.echo("\n" + headline_markdown(result))
+    click.echo(f"\nreport: {paths['report']}")
