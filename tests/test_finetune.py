@@ -151,17 +151,26 @@ def test_image_tensor_cache_and_augmentation(data_dir: Path, tmp_path: Path) -> 
     from transferkit.data import open_dataset
 
     ds = open_dataset(str(data_dir), "train")
-    a = load_image_tensors(ds, 16, "bilinear", tmp_path, progress=False)
-    assert a.images.shape == (18, 3, 16, 16) and a.images.dtype == torch.uint8
-    assert len(list(tmp_path.glob("*.npz"))) == 1
-    b = load_image_tensors(ds, 16, "bilinear", tmp_path, progress=False)  # from the cache
-    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.classes == b.classes
-    x1 = augment_batch(a.images[:8], "flip_crop", torch.Generator().manual_seed(3))
-    x2 = augment_batch(a.images[:8], "flip_crop", torch.Generator().manual_seed(3))
+    a = load_image_tensors(ds, 16, "bilinear", None, progress=False)  # in memory
+    assert a.images.shape == (18, 3, 16, 16) and a.images.dtype == np.uint8
+    b = load_image_tensors(ds, 16, "bilinear", tmp_path, progress=False)  # written to the cache
+    assert len(list(tmp_path.glob("*.npy"))) == 1 and len(list(tmp_path.glob("*.npz"))) == 1
+    c = load_image_tensors(ds, 16, "bilinear", tmp_path, progress=False)  # memory-mapped from the cache
+    assert isinstance(c.images, np.memmap)
+    for other in (b, c):
+        assert np.array_equal(a.images, other.images) and torch.equal(a.labels, other.labels)
+        assert a.classes == other.classes
+    assert not list(tmp_path.glob(".*.tmp"))
+    batch = c.batch(torch.tensor([3, 0, 5]))
+    assert batch.dtype == torch.uint8 and torch.equal(batch[1], torch.from_numpy(np.array(a.images[0])))
+    x1 = augment_batch(a.batch(slice(0, 8)), "flip_crop", torch.Generator().manual_seed(3))
+    x2 = augment_batch(a.batch(slice(0, 8)), "flip_crop", torch.Generator().manual_seed(3))
     assert x1.shape == (8, 3, 16, 16) and torch.equal(x1, x2)
-    assert augment_batch(a.images[:8], "none", torch.Generator()) is not None
-    flipped = augment_batch(a.images[:64], "flip", torch.Generator().manual_seed(0)).to(torch.uint8)
-    assert all(torch.equal(f, o) or torch.equal(f, o.flip(-1)) for f, o in zip(flipped, a.images[:64]))
+    imgs = a.batch(slice(0, 18))
+    assert torch.equal(augment_batch(imgs, "none", torch.Generator()), imgs)
+    flipped = augment_batch(imgs, "flip", torch.Generator().manual_seed(0)).to(torch.uint8)
+    assert all(torch.equal(f, o) or torch.equal(f, o.flip(-1)) for f, o in zip(flipped, imgs))
+    assert any(not torch.equal(f, o) for f, o in zip(flipped, imgs))
 
 
 def test_cli_single_pair_and_skip(data_dir: Path, tmp_path: Path) -> None:
@@ -181,3 +190,19 @@ def test_cli_single_pair_and_skip(data_dir: Path, tmp_path: Path) -> None:
     assert r.exit_code != 0 and "--data" in r.output
     r = CliRunner().invoke(main, ["finetune", "--model", "x", "--data", str(tmp_path / "nope")])
     assert r.exit_code != 0 and "not found" in r.output
+
+
+def test_unreadable_images_are_skipped_and_labels_stay_aligned(tmp_path: Path) -> None:
+    from transferkit.data import open_dataset
+
+    root = make_image_folder(tmp_path / "d", {"train": 3})
+    (root / "train" / "class0" / "0.png").write_bytes(b"not an image")
+    ds = open_dataset(str(root), "train")
+    for cache in (None, tmp_path / "c"):
+        t = load_image_tensors(ds, 8, "bilinear", cache, progress=False)
+        assert len(t) == 8 and t.images.shape[0] == 8 and len(t.skipped) == 1 and "0.png" in t.skipped[0]
+        assert t.labels.tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
+        means = t.batch(slice(0, 8)).float().mean((1, 2, 3))
+        assert torch.equal(t.batch(slice(0, 8))[:, :, 0, 0].argmax(1)[2:], t.labels[2:])  # colour = class
+        assert means.shape == (8,)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 1

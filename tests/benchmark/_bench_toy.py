@@ -1,4 +1,5 @@
-"""Helpers for the benchmark tests. A toy benchmark: a 3-class image folder, three small random-weight models, a spec file."""
+"""Helpers for the benchmark tests: a toy benchmark (a 3-class image folder, three small random-weight
+models, a spec file)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
+COLOURS = [(140, 110, 110), (110, 140, 110), (110, 110, 140)]  # close colours: not trivially separable
 
 SPEC = """
 name: toy
@@ -42,10 +43,15 @@ def make_image_folder(root: Path, per_split: dict[str, int] | None = None, size:
     return root
 
 
+def build_toy(root: Path) -> Path:
+    """Write the toy benchmark (images, spec, ground truth) under ``root``; returns the spec path."""
+    make_image_folder(root / "data")
+    (root / "spec.yaml").write_text(SPEC)
+    (root / "gt.csv").write_text("model,dataset,accuracy\nr20,toy,70\neff,toy,80\nres,toy,60\n"
+                                 "r20,toy2,50\neff,toy2,55\n")
+    return root / "spec.yaml"
+
+
 @pytest.fixture()
 def toy_spec(tmp_path: Path) -> Path:
-    make_image_folder(tmp_path / "data")
-    (tmp_path / "spec.yaml").write_text(SPEC)
-    (tmp_path / "gt.csv").write_text("model,dataset,accuracy\nr20,toy,70\neff,toy,80\nres,toy,60\n"
-                                     "r20,toy2,50\neff,toy2,55\n")
-    return tmp_path / "spec.yaml"
+    return build_toy(tmp_path)

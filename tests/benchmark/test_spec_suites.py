@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from _bench_toy import toy_spec  # noqa: F401  (fixture)
 
-from transferkit.benchmark.groundtruth import compute_ground_truth, plan_ground_truth
+from transferkit.benchmark.groundtruth import claim, compute_ground_truth, plan_ground_truth
 from transferkit.benchmark.spec import load_spec, spec_from_dict
 from transferkit.benchmark.suites import ITM10_DATASETS, ITM10_MODELS, itm10_spec
 from transferkit.finetune import ground_truth_pairs
@@ -15,7 +15,7 @@ from transferkit.finetune import ground_truth_pairs
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_spec_paths_budget_and_feature_defaults(toy_spec: Path) -> None:
+def test_spec_paths_budget_and_feature_defaults(toy_spec: Path) -> None:  # noqa: F811
     spec = load_spec(toy_spec)
     base = toy_spec.parent
     assert [e.name for e in spec.zoo] == ["r20", "eff", "res"] and spec.method_list() == ["logme", "sfda"]
@@ -55,7 +55,7 @@ def test_missing_ground_truth_file_says_how_to_make_it(tmp_path: Path) -> None:
         spec.load_ground_truth()
 
 
-def test_ground_truth_plan_skips_done_pairs_and_shards(toy_spec: Path) -> None:
+def test_ground_truth_plan_skips_done_pairs_and_shards(toy_spec: Path) -> None:  # noqa: F811
     spec = load_spec(toy_spec)
     plan = plan_ground_truth(spec)
     assert plan.todo == [("res", "toy2")] and len(plan.done) == 5
@@ -67,9 +67,16 @@ def test_ground_truth_plan_skips_done_pairs_and_shards(toy_spec: Path) -> None:
         plan_ground_truth(spec, shard=(2, 2))
 
 
-def test_compute_ground_truth_fills_only_the_missing_pair(toy_spec: Path) -> None:
+def test_compute_ground_truth_fills_only_the_missing_pair(toy_spec: Path) -> None:  # noqa: F811
     spec = load_spec(toy_spec)
     logs: list[str] = []
+    claims = Path(spec.finetune_config(spec.zoo[2], spec.datasets[1]).work_dir) / "claims"
+    with claim(claims, "res", "toy2") as held:  # another worker holds the pair: skip it
+        assert held
+        with claim(claims, "res", "toy2") as again:
+            assert not again
+        assert compute_ground_truth(spec, log=logs.append) == []
+    assert any("another process" in line for line in logs)
     res = compute_ground_truth(spec, log=logs.append)
     assert [(r.model, r.dataset) for r in res] == [("res", "toy2")]
     assert res[0].n_train == 24 and len(res[0].histories[0]["history"]) == 2

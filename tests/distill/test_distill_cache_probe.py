@@ -14,6 +14,7 @@ from transferkit.distill import AugRecipe, TeacherFeatureStore, ViewRenderer, fi
 from transferkit.distill.data import ViewDataset
 from transferkit.distill.models import folded_batchnorms, recalibrate_folded_batchnorm
 from transferkit.distill.targets import item_keys
+from distill_fixtures import *  # noqa: F401,F403 - fixtures
 
 RENDER = {"input_size": (3, 12, 12), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from transferkit.distill import DistillConfig, StageConfig
+from distill_fixtures import *  # noqa: F401,F403 - fixtures
 
 
 def _cfg(**kw):

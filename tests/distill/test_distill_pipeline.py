@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from transferkit.distill import load_student, open_transfer, run_comparison, run_distill, summarize
+from distill_fixtures import *  # noqa: F401,F403 - fixtures
 
 
 def test_task_oriented_run_and_teacher_cache_across_seeds(tiny_config, tmp_path):
@@ -95,7 +96,8 @@ def test_cli_comparison_and_errors(tiny_config, tmp_path):
     assert res.exit_code != 0 and "views must be >= 1" in res.output
     res = runner.invoke(main, ["distill", "-c", str(cfg_path), "--print-config", "--per-class", "7"])
     assert res.exit_code == 0 and "per_class: 7" in res.output
-    res = runner.invoke(main, ["distill", "--student", "x", "--data", str(tmp_path / "missing")])
+    res = runner.invoke(main, ["distill", "--method", "pretrained", "--student", "resnet18", "--data",
+                               str(tmp_path / "missing"), "--out", str(tmp_path / "m")])
     assert res.exit_code != 0 and "not found" in res.output
 
 

@@ -12,6 +12,7 @@ from transferkit.distill import AugRecipe, StageConfig, Trainer, ViewRenderer
 from transferkit.distill.data import StepPlan, ViewDataset, fresh_view_policy
 from transferkit.distill.models import FinetuneModule
 from transferkit.distill.trainer import LoopSettings
+from distill_fixtures import *  # noqa: F401,F403 - fixtures
 
 RENDER = {"input_size": (3, 8, 8), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
 

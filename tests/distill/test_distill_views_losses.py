@@ -10,6 +10,7 @@ from PIL import Image
 
 from transferkit.distill import AugRecipe, ViewRenderer, distillation_loss, feature_loss, kd_kl, make_view
 from transferkit.distill.data import StepPlan, cached_view_policy, fresh_view_policy
+from distill_fixtures import *  # noqa: F401,F403 - fixtures
 
 
 # -- views --------------------------------------------------------------------------------------------

@@ -2,21 +2,26 @@
 
 Safe to kill at any moment and to run again (in a later session too): finished pairs are rows of the
 ground-truth CSV, finished grid points and epochs are in each pair's run state (see
-:mod:`transferkit.finetune.run`). ``shard=(i, n)`` takes every n-th pair, so n processes (one per core)
-can share one table.
+:mod:`transferkit.finetune.run`). Several processes (one per core) can work on one table at once: each takes
+the next pair that is neither in the CSV nor held by another process (an advisory ``flock`` on
+``<work_dir>/claims/<pair>.lock``, released by the OS when a process dies, so a killed worker never blocks a
+pair). ``shard=(i, n)`` splits the pairs statically instead (e.g. across machines).
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..finetune import FinetuneResult, finetune, ground_truth_pairs
 from .spec import BenchmarkSpec
 
-__all__ = ["GroundTruthPlan", "compute_ground_truth", "plan_ground_truth"]
+__all__ = ["GroundTruthPlan", "claim", "compute_ground_truth", "plan_ground_truth"]
 
 
 @dataclass
@@ -40,6 +45,27 @@ def plan_ground_truth(spec: BenchmarkSpec, shard: tuple[int, int] = (0, 1), forc
     return GroundTruthPlan([p for p in mine if p not in have], [p for p in mine if p in have])
 
 
+@contextlib.contextmanager
+def claim(lock_dir: Path, model: str, dataset: str) -> Iterator[bool]:
+    """Try to hold the (model, dataset) pair for this process; yields False when another process holds it."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{model}__{dataset}")
+    fh = open(lock_dir / f"{name}.lock", "a")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            got = True
+        except ImportError:  # pragma: no cover - non-POSIX: no sharing between processes
+            got = True
+        except OSError:
+            got = False
+        yield got
+    finally:
+        fh.close()  # closing the file releases the lock
+
+
 def _hms(s: float) -> str:
     s = int(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -55,16 +81,23 @@ def compute_ground_truth(spec: BenchmarkSpec, *, shard: tuple[int, int] = (0, 1)
     dsets = {d.name: d for d in spec.datasets}
     log(f"ground truth -> {spec.ground_truth_csv()}: {len(plan.done)} pair(s) done, {len(plan.todo)} to do"
         + (f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""))
-    t0, out = time.perf_counter(), []
+    t0, out, csv_path = time.perf_counter(), [], spec.ground_truth_csv()
     for k, (model, dataset) in enumerate(plan.todo):
         cfg = spec.finetune_config(entries[model], dsets[dataset], **(overrides or {}))
-        log(f"[{k + 1}/{len(plan.todo)}] {model} on {dataset} ...")
-        t1 = time.perf_counter()
-        res = finetune(cfg)
+        tag = f"[{k + 1}/{len(plan.todo)}] {model} on {dataset}"
+        if not force and (model, dataset) in ground_truth_pairs(csv_path):
+            log(f"{tag}: done meanwhile by another process")
+            continue
+        with claim(Path(cfg.work_dir) / "claims", model, dataset) as mine:
+            if not mine:
+                log(f"{tag}: being fine-tuned by another process, next")
+                continue
+            log(f"{tag} ...")
+            t1 = time.perf_counter()
+            res = finetune(cfg)
         out.append(res)
         spent = time.perf_counter() - t0
-        eta = spent / (k + 1) * (len(plan.todo) - k - 1)
-        log(f"[{k + 1}/{len(plan.todo)}] {model} on {dataset}: {res.accuracy:.2f}% (lr {res.best_lr:g}, "
-            f"wd {res.best_weight_decay:g}, epoch {res.best_epoch}) in {_hms(time.perf_counter() - t1)}; "
-            f"elapsed {_hms(spent)}, eta {_hms(eta)}")
+        eta = spent / len(out) * (len(plan.todo) - k - 1)
+        log(f"{tag}: {res.accuracy:.2f}% (lr {res.best_lr:g}, wd {res.best_weight_decay:g}, epoch "
+            f"{res.best_epoch}) in {_hms(time.perf_counter() - t1)}; elapsed {_hms(spent)}, eta <= {_hms(eta)}")
     return out

@@ -89,6 +89,7 @@ def plot_time_vs_metric(result: BenchmarkResult, path: str | Path, metric: str |
         ax.scatter(t, avg[m], s=40)
         ax.annotate(m, (t, avg[m]), textcoords="offset points", xytext=(4, 3), fontsize=8)
     ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.1)
     ax.set_xlabel("wall-clock per dataset, whole zoo (s, log scale)")
     ax.set_ylabel(f"mean {METRIC_LABELS.get(metric, metric)}")
     ax.axhline(0, color="grey", lw=0.6)

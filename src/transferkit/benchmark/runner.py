@@ -106,7 +106,8 @@ class BenchmarkResult:
         if not path.exists():
             raise FileNotFoundError(f"no benchmark results at {path}: run `transferkit bench` first")
         doc = json.loads(path.read_text())
-        dsets = [DatasetResult(**{**d, "methods": [MethodOutcome(**o) for o in d["methods"]]}) for d in doc["datasets"]]
+        dsets = [DatasetResult(**{**d, "methods": [MethodOutcome(**o) for o in d["methods"]]})
+                 for d in doc["datasets"]]
         return cls(**{**doc, "datasets": dsets})
 
 
@@ -173,8 +174,11 @@ def run_benchmark(spec: BenchmarkSpec, *, progress: bool = True,
 
     import torch
 
-    info = {"description": spec.description, "seconds_total": round(time.perf_counter() - t0, 2), "seed": spec.seed, "spec": spec.source,
-            "zoo": {e.name: e.spec for e in spec.zoo}, "platform": platform.platform(),
+    from ..finetune.run import relative_spec
+
+    info = {"description": spec.description, "seconds_total": round(time.perf_counter() - t0, 2),
+            "seed": spec.seed, "spec": spec.source,
+            "zoo": {e.name: relative_spec(e.spec, spec.base_dir) for e in spec.zoo}, "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
             "features": {d.name: {k: v for k, v in asdict(spec.feature_options(d)).items() if k != "cache_dir"}
                          for d in spec.datasets}}

@@ -14,7 +14,8 @@ import click
 @click.option("--models", help="Only these models (comma-separated names).")
 @click.option("--datasets", help="Only these datasets (comma-separated names).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Suites: folder holding the datasets.")
-@click.option("--checkpoint", "checkpoints", multiple=True, metavar="NAME=PATH",
+@click.option("--checkpoint", "checkpoints", multiple=True,
+              metavar="NAME=PATH",
               help="Suites: local checkpoint of a model timm has no weights for (repeatable).")
 @click.option("--skip-missing", is_flag=True, help="Suites: leave out models/datasets that are not available.")
 @click.option("--gt", "gt", help="Ground truth instead of the spec's: a CSV (model, dataset, accuracy) or "
@@ -25,8 +26,8 @@ import click
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(spec: str, out_dir: str | None, methods: str | None, models: str | None, datasets: str | None,
-            data_root: str | None, checkpoints: tuple[str, ...], skip_missing: bool, gt: str | None, cache_dir: str | None,
-            device: str | None, replot: bool, no_plots: bool, quiet: bool) -> None:
+            data_root: str | None, checkpoints: tuple[str, ...], skip_missing: bool, gt: str | None,
+            cache_dir: str | None, device: str | None, replot: bool, no_plots: bool, quiet: bool) -> None:
     """Benchmark transferability estimators: per-dataset weighted tau, Kendall tau, Spearman rho, top-1
     relative accuracy and wall-clock of every method against fine-tuned ground truth.
 

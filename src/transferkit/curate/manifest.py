@@ -270,9 +270,11 @@ class ManifestDataset(ImageDataset):
         self._bases: dict[tuple[str, str], ImageDataset] = {}
         self._pos = np.zeros(len(all_rows), dtype=np.int64)
         self._src = np.zeros(len(all_rows), dtype=np.int64)
-        keys = list(dict.fromkeys((r.source, r.split) for r in all_rows))
-        self._keys = keys
-        for k, (src, split) in enumerate(keys):
+        by_key: dict[tuple[str, str], list[int]] = {}
+        for j, r in enumerate(all_rows):
+            by_key.setdefault((r.source, r.split), []).append(j)
+        self._keys = list(by_key)
+        for k, (src, split) in enumerate(self._keys):
             try:
                 base = open_source(src, split)
             except (FileNotFoundError, KeyError, ValueError) as exc:
@@ -280,13 +282,12 @@ class ManifestDataset(ImageDataset):
                                  f"(split {split or 'default'}): {exc}") from exc
             self._bases[(src, split)] = base
             lookup = _name_index(base)
-            for j, r in enumerate(all_rows):
-                if (r.source, r.split) == (src, split):
-                    try:
-                        self._pos[j] = resolve_item(base, r.item, lookup)
-                    except KeyError as exc:
-                        raise ValueError(f"{self.source}: {exc.args[0]}") from None
-                    self._src[j] = k
+            for j in by_key[(src, split)]:
+                try:
+                    self._pos[j] = resolve_item(base, all_rows[j].item, lookup)
+                except KeyError as exc:
+                    raise ValueError(f"{self.source}: {exc.args[0]}") from None
+                self._src[j] = k
 
     def _base(self, index: int) -> tuple[ImageDataset, int]:
         return self._bases[self._keys[int(self._src[index])]], int(self._pos[index])

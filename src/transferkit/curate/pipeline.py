@@ -83,7 +83,7 @@ class CurateConfig:
     queries: str
     gallery: list[GallerySource]
     budget: int
-    model: str
+    model: Any  # a model spec string (anything `transferkit extract` accepts), or an nn.Module
     out: str = "transfer_set.csv"
     strategy: str = "balanced"
     query_split: str | None = "train"
@@ -241,6 +241,17 @@ class _Timer:
         self.t[self._name] = round(time.perf_counter() - self._t0, 4)
 
 
+def _image_mask(gsets: list[ImageDataset], gallery: GalleryEmbeddings, S: int, key: Any, wanted: set) -> np.ndarray:
+    """Gallery rows (all ``S`` crops) of the images whose ``key(dataset, index)`` is in ``wanted``."""
+    mask = np.zeros(gallery.n, bool)
+    for k, d in enumerate(gsets):
+        for i in range(len(d)):
+            if key(d, i) in wanted:
+                lo = int(gallery.offsets[k]) + i * S
+                mask[lo:lo + S] = True
+    return mask
+
+
 # ------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------
@@ -254,7 +265,7 @@ def curate(cfg: CurateConfig) -> CurationResult:
     with timer("embed_queries"):
         qstore = _embed(cfg, qcrops, "embed queries")
     qvec = np.asarray(qstore.emb)
-    q_owner = np.arange(len(qcrops)) // qgrid.__len__()
+    q_owner = np.arange(len(qcrops)) // len(qgrid)
     q_ok = qstore.valid
     n_queries = len(qds)
     # 2. gallery
@@ -272,28 +283,17 @@ def curate(cfg: CurateConfig) -> CurationResult:
     gallery = GalleryEmbeddings(stores)
     img_off = np.cumsum([0] + [len(d) for d in gsets])
     group = np.concatenate([img_off[k] + np.arange(len(d) * S) // S for k, d in enumerate(gsets)])
-    # query images present in the gallery are never retrieved
-    exclude = np.zeros(gallery.n, bool)
-    n_self = 0
-    if cfg.exclude_queries:
-        qrefs = {_ref_key(item_ref(qds, i)) for i in range(len(qds))}
-        for k, d in enumerate(gsets):
-            for i in range(len(d)):
-                if _ref_key(item_ref(d, i)) in qrefs:
-                    lo = gallery.offsets[k] + i * S
-                    exclude[lo:lo + S] = True
-                    n_self += 1
-    # leakage guard: the target's test images, cut like the gallery
+    # query images present in the gallery are never retrieved; byte-identical test copies neither
+    exclude = _image_mask(gsets, gallery, S, lambda d, i: _ref_key(item_ref(d, i)),
+                          {_ref_key(item_ref(qds, i)) for i in range(len(qds))}) if cfg.exclude_queries \
+        else np.zeros(gallery.n, bool)
+    n_self = int(exclude.sum()) // S
     tds = _open_test(cfg, qds)
     tvec = None
-    exact_leak = np.zeros(gallery.n, bool)  # byte-identical copies of test images (same content digest)
+    exact_leak = np.zeros(gallery.n, bool)
     if tds is not None:
-        tdig = set(tds.item_digests())
-        for k_, d in enumerate(gsets):
-            for i, dg in enumerate(d.item_digests()):
-                if dg in tdig:
-                    lo = gallery.offsets[k_] + i * S
-                    exact_leak[lo:lo + S] = True
+        exact_leak = _image_mask(gsets, gallery, S, lambda d, i: d.item_digests()[i], set(tds.item_digests()))
+    # leakage guard: the target's test images, cut like the gallery
     if tds is not None and cfg.leak_threshold is not None:
         with timer("embed_test"):
             tstore = _embed(cfg, CropDataset(tds, ggrid), "embed test (leakage guard)")

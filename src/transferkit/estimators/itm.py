@@ -241,54 +241,83 @@ def _full_split_scale(X: torch.Tensor, eta: float, norm: str, gen: torch.Generat
 class _Psi:
     """ψ = linear map W (D → K) [+ bias b] followed by the classification head h (K → C).
 
-    All parameters are views of one flat leaf tensor `theta`, so that the optimizer updates a
-    single tensor per step (7 small ops) inside the 500-step loop.
+    The parameters and their gradients are views of two flat tensors, so that a training step
+    writes its hand-derived gradients in place and the optimizer updates one tensor: no
+    autograd graph and no allocation of parameter-sized tensors inside the 500-step loop.
     """
 
     def __init__(self, d: int, c: int, affine: bool, how: str, gen: torch.Generator) -> None:
         self.shapes = [(d, c), (c,) if affine else (0,), (c, c), (c,)]
-        self.theta = torch.zeros(sum(math.prod(sh) for sh in self.shapes), dtype=torch.float32)
-        W, b, Hw, hb = self._views()
+        size = sum(math.prod(sh) for sh in self.shapes)
+        self.theta = torch.zeros(size, dtype=torch.float32)
+        self.grad = torch.zeros(size, dtype=torch.float32)
+        self.W, self.b, self.Hw, self.hb = self._views(self.theta)
+        self.gW, self.gb, self.gHw, self.ghb = self._views(self.grad)
+        self.affine = affine
         if how == "prototype":
             # W = 0 and h = identity on the one-hot centres: deterministic, and equivariant to
             # renaming the classes
-            Hw.copy_(torch.eye(c))
+            self.Hw.copy_(torch.eye(c))
         else:  # nn.Linear's U(±1/√fan_in), from the local generator
-            for t, fan_in in ((W, d), (b, d), (Hw, c), (hb, c)):
+            for t, fan_in in ((self.W, d), (self.b, d), (self.Hw, c), (self.hb, c)):
                 t.copy_((torch.rand(t.shape, generator=gen) * 2 - 1) / math.sqrt(fan_in))
-        self.theta.requires_grad_(True)
 
-    def _views(self) -> list[torch.Tensor]:
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         out, offset = [], 0
         for shape in self.shapes:
             n = math.prod(shape)
-            out.append(self.theta[offset : offset + n].view(shape))
+            out.append(flat[offset : offset + n].view(shape))
             offset += n
         return out
 
     def map(self, X: torch.Tensor) -> torch.Tensor:
-        W, b, _, _ = self._views()
-        return X @ W if b.numel() == 0 else X @ W + b
+        return X @ self.W + self.b if self.affine else X @ self.W
 
     def head(self, Z: torch.Tensor) -> torch.Tensor:
-        _, _, Hw, hb = self._views()
-        return F.linear(Z, Hw, hb)
+        return F.linear(Z, self.Hw, self.hb)
+
+    def loss_grad(
+        self,
+        xb: torch.Tensor,
+        eb: torch.Tensor,
+        G: torch.Tensor | None,
+        s: float,
+        lam: float,
+        pc_evolved: bool,
+    ) -> None:
+        """Gradient of CE(h(Z'), y) + λ·MSE(Z' or Z, Ê) with Z' = dca_evolve(xb W, G, Ê, s),
+        written into `self.grad` (checked against autograd in the tests)."""
+        n, k = eb.shape
+        Z = self.map(xb)
+        Zp = dca_evolve(Z, G, eb, s) if G is not None else Z
+        dlogits = torch.softmax(self.head(Zp), dim=1).sub_(eb).div_(n)  # Ê = one-hot(y), K = C
+        torch.mm(dlogits.T, Zp, out=self.gHw)
+        torch.sum(dlogits, dim=0, out=self.ghb)
+        dZ = dlogits @ self.Hw
+        mse = 2.0 * lam / (n * k)
+        if lam > 0 and pc_evolved:
+            dZ.add_(Zp - eb, alpha=mse)
+        if G is not None:  # Z' = (I − sG) Z + sG Ê
+            dZ.sub_(G.T @ dZ, alpha=s)
+        if lam > 0 and not pc_evolved:
+            dZ.add_(Z - eb, alpha=mse)
+        torch.mm(xb.T, dZ, out=self.gW)
+        if self.affine:
+            torch.sum(dZ, dim=0, out=self.gb)
 
 
 class _AdamW:
     """torch.optim.AdamW's update (decoupled weight decay, β = (0.9, 0.999), ε = 1e-8) for one
-    tensor, without the optimizer-framework overhead per step."""
+    flat tensor and its gradient, without the optimizer framework's per-step overhead."""
 
-    def __init__(self, param: torch.Tensor, lr: float, weight_decay: float) -> None:
-        self.param, self.lr, self.wd = param, lr, weight_decay
+    def __init__(self, param: torch.Tensor, grad: torch.Tensor, lr: float, wd: float) -> None:
+        self.param, self.grad, self.lr, self.wd = param, grad, lr, wd
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
         self.t = 0
 
-    @torch.no_grad()
     def step(self) -> None:
-        p, g = self.param, self.param.grad
-        assert g is not None
+        p, g = self.param, self.grad
         b1, b2 = 0.9, 0.999
         self.t += 1
         p.mul_(1.0 - self.lr * self.wd)
@@ -296,7 +325,6 @@ class _AdamW:
         self.v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
         denom = (self.v.sqrt() / math.sqrt(1.0 - b2**self.t)).add_(1e-8)
         p.addcdiv_(self.m, denom, value=-self.lr / (1.0 - b1**self.t))
-        p.grad = None
 
 
 @dataclass(frozen=True)
@@ -311,7 +339,7 @@ class _Setup:
     eval_every: int
     lr: float
     weight_decay: float
-    step_threads: int | None
+    threads: int | None
 
 
 def _evaluate(
@@ -372,8 +400,12 @@ def _train_and_validate(
     affine: bool,
     st: _Setup,
     gen: torch.Generator,
+    big_threads: int,
 ) -> list[float]:
-    """Train ψ with DCA + PCO (Eq. 8) and return the validation accuracy at each check."""
+    """Train ψ with DCA + PCO (Eq. 8) and return the validation accuracy at each check.
+
+    Runs under `st.threads`; the large Gram products switch to `big_threads`.
+    """
     n_train, d = Xtr.shape
     b = schedule.shape[1]
     Etr = F.one_hot(ytr, n_classes).to(torch.float32)
@@ -384,9 +416,10 @@ def _train_and_validate(
     s_full = 0.0
     if st.val_evolution == "train_step":
         s_full = _full_split_scale(Xtr, st.eta, st.dca_norm, gen)
-    opt = _AdamW(psi.theta, st.lr, st.weight_decay)
+    opt = _AdamW(psi.theta, psi.grad, st.lr, st.weight_decay)
     use_dca = st.eta > 0
-    G_full = _split_gram(Xtr, b, st.n_iters) if use_dca else None
+    with _torch_threads(big_threads):
+        G_full = _split_gram(Xtr, b, st.n_iters) if use_dca else None
 
     def evaluate() -> float:
         return _evaluate(psi, Xtr, Etr, s_full, Xval, Eval, yval, b, st, v0)
@@ -399,18 +432,17 @@ def _train_and_validate(
         m = idx.shape[0]
         flat = idx.reshape(-1)
         Xc = Xtr.index_select(0, flat).view(m, b, d)  # gathered once for `m` steps
-        yc = ytr.index_select(0, flat).view(m, b)
-        Ec = F.one_hot(yc, n_classes).to(torch.float32)
+        Ec = F.one_hot(ytr.index_select(0, flat).view(m, b), n_classes).to(torch.float32)
         Gc, Sc = None, []
         if use_dca:
             if G_full is not None:  # cut the batch blocks out of the split's Gram matrix
                 cells = (idx.unsqueeze(2) * n_train + idx.unsqueeze(1)).view(-1)
                 Gc = G_full.index_select(0, cells).view(m, b, b)
             else:
-                Gc = Xc @ Xc.transpose(1, 2)  # the batch Gram matrices E_j E_jᵀ
+                with _torch_threads(big_threads):
+                    Gc = Xc @ Xc.transpose(1, 2)  # the batch Gram matrices E_j E_jᵀ
             Sc = _dca_scale(Gc, st.eta, st.dca_norm, v0).tolist()
-        with _torch_threads(st.step_threads):
-            accs += _train_steps(psi, opt, Xc, Ec, yc, Gc, Sc, lo, st, evaluate)
+        accs += _train_steps(psi, opt, Xc, Ec, Gc, Sc, lo, st, evaluate)
     return accs
 
 
@@ -419,7 +451,6 @@ def _train_steps(
     opt: _AdamW,
     Xc: torch.Tensor,
     Ec: torch.Tensor,
-    yc: torch.Tensor,
     Gc: torch.Tensor | None,
     Sc: list[float],
     lo: int,
@@ -429,18 +460,12 @@ def _train_steps(
     """One chunk of training steps (Eq. 7 then Eq. 8); validation accuracies of its checks."""
     accs = []
     for j in range(Xc.shape[0]):
-        xb, eb, yb = Xc[j], Ec[j], yc[j]
-        Z = psi.map(xb)
-        Zp = dca_evolve(Z, Gc[j], eb, Sc[j]) if Gc is not None else Z
-        loss = F.cross_entropy(psi.head(Zp), yb)
-        if st.lam > 0:
-            loss = loss + st.lam * F.mse_loss(Zp if st.pc_input == "evolved" else Z, eb)
-        loss.backward()
+        G = Gc[j] if Gc is not None else None
+        psi.loss_grad(Xc[j], Ec[j], G, Sc[j] if Sc else 0.0, st.lam, st.pc_input == "evolved")
         opt.step()
         t = lo + j + 1
         if t % st.eval_every == 0 or t == st.n_iters:
-            with torch.no_grad():
-                accs.append(evaluate())
+            accs.append(evaluate())
     return accs
 
 
@@ -486,9 +511,9 @@ class ITM(TransferabilityEstimator):
             "val_evolution": "train_step",  # "train_step" | "none" | "self_labels"
             "psi": "linear",  # "linear" (W, Eq. 4) | "affine" (W and a bias)
             "init": "prototype",  # W = 0, head = I on the centres | "random" (nn.Linear's)
-            # intra-op threads for the ~30 small ops of each training step (None: torch's
-            # setting, restored afterwards either way); batched Gram work uses torch's setting
-            "step_threads": 1,
+            # intra-op threads for ITM's many small torch ops (None: torch's setting; restored
+            # afterwards either way); the large Gram products always use torch's setting
+            "threads": 1,
         }
 
     def _setup(self) -> _Setup:
@@ -512,11 +537,11 @@ class ITM(TransferabilityEstimator):
         ):
             if p[key] not in allowed:
                 raise ValueError(f"itm: {key} must be one of {allowed}; got {p[key]!r}")
-        nt = p["step_threads"]
+        nt = p["threads"]
         if nt is not None and (
             isinstance(nt, bool) or not isinstance(nt, (int, np.integer)) or nt < 1
         ):
-            raise ValueError(f"itm: step_threads must be None or a positive integer; got {nt!r}")
+            raise ValueError(f"itm: threads must be None or a positive integer; got {nt!r}")
         lam = p["lam"]
         if lam != "eta" and (
             isinstance(lam, (str, bool)) or not (float(lam) >= 0 and math.isfinite(float(lam)))
@@ -538,7 +563,7 @@ class ITM(TransferabilityEstimator):
             eval_every=int(p["eval_every"]),
             lr=float(p["lr"]),
             weight_decay=float(p["weight_decay"]),
-            step_threads=None if p["step_threads"] is None else int(p["step_threads"]),
+            threads=None if p["threads"] is None else int(p["threads"]),
         )
 
     def _score(self, data: CheckedInputs, random_state: int) -> dict[str, float]:
@@ -563,8 +588,10 @@ class ITM(TransferabilityEstimator):
         def as_t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a))
 
-        # local generator only: torch's global RNG, threads and grad mode are left as they were
-        with torch.inference_mode(False), torch.enable_grad():
+        # local generators only: torch's global RNG and thread count are left as they were;
+        # gradients are derived by hand, so grad mode does not matter
+        big_threads = torch.get_num_threads()
+        with torch.no_grad(), _torch_threads(st.threads):
             accs = _train_and_validate(
                 as_t(Xs[tr].astype(np.float32)),
                 as_t(data.y[tr]),
@@ -575,6 +602,7 @@ class ITM(TransferabilityEstimator):
                 p["psi"] == "affine",
                 st,
                 gen,
+                big_threads,
             )
         best = max(accs)
         return {

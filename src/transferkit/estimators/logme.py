@@ -16,6 +16,7 @@ iteration, as in the reference loop).
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs
@@ -37,14 +38,18 @@ def _spectrum(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # rounding noise (~1e-6, far above its 1e-10 cut) for exactly null directions, so it
         # keeps all D of them; we keep all D too (their sigma ~ 0 leaves the evidence unchanged
         # up to rounding except for the log(alpha) term that upstream also counts).
-        lam, V = np.linalg.eigh(X.T @ X)
+        G = X.T @ X
+        with threadpool_limits(limits=1, user_api="blas"):  # LAPACK: threads gain little
+            lam, V = np.linalg.eigh(G)
         s = np.sqrt(np.abs(lam))
         XtY = V.T @ (X.T @ Y)
         x = np.divide(XtY, s[:, None], out=np.zeros_like(XtY), where=s[:, None] > 0)
         return s**2, x
     # N <= D: upstream takes the thin SVD of X and keeps all N directions; U and s^2 are the
     # eigenvectors / eigenvalues of the N x N Gram matrix X X^T.
-    lam, U = np.linalg.eigh(X @ X.T)
+    G = X @ X.T
+    with threadpool_limits(limits=1, user_api="blas"):
+        lam, U = np.linalg.eigh(G)
     return np.abs(lam), U.T @ Y
 
 

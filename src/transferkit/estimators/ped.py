@@ -27,7 +27,7 @@ import numpy as np
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs, _as_feature_matrix
 from .logme import logme_evidence
-from .sfda import sfda_score
+from .sfda import class_sums, sfda_score
 
 __all__ = ["PED", "PEDLogME", "ped_features"]
 
@@ -48,11 +48,8 @@ def ped_features(X: np.ndarray, y: np.ndarray, general_features: np.ndarray | No
     y = np.asarray(y, dtype=np.int64)
     C = int(y.max()) + 1
     counts = np.bincount(y, minlength=C).astype(np.float64)
-    mu = np.zeros((C, X.shape[1]))
-    np.add.at(mu, y, X)
-    mu /= counts[:, None]
-    spread = np.zeros(C)
-    np.add.at(spread, y, np.einsum("ij,ij->i", X - mu[y], X - mu[y]))
+    mu = class_sums(X, y, C) / counts[:, None]
+    spread = np.bincount(y, weights=np.einsum("ij,ij->i", X - mu[y], X - mu[y]), minlength=C)
     radius = nsigma * np.sqrt(spread / counts)
     reach = radius[:, None] + radius[None, :]
     start = mu.copy()

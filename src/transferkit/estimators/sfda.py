@@ -23,7 +23,7 @@ the Cholesky factor of the shrunk ``S_w`` instead (same numbers, no eigen-decomp
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
+from scipy import linalg, sparse
 
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs
@@ -31,11 +31,16 @@ from ._validation import CheckedInputs
 __all__ = ["SFDA", "sfda_score"]
 
 
+def class_sums(X: np.ndarray, y: np.ndarray, C: int) -> np.ndarray:
+    """Per-class sums of the rows of X (C, D), via a sparse indicator (fast ``np.add.at``)."""
+    N = X.shape[0]
+    ind = sparse.csr_matrix((np.ones(N), (y, np.arange(N))), shape=(C, N))
+    return np.asarray(ind @ X)
+
+
 def _class_means(X: np.ndarray, y: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount(y, minlength=C).astype(np.float64)
-    means = np.zeros((C, X.shape[1]))
-    np.add.at(means, y, X)
-    return means / counts[:, None], counts
+    return class_sums(X, y, C) / counts[:, None], counts
 
 
 def _within_scatter(X: np.ndarray, y: np.ndarray, means: np.ndarray) -> np.ndarray:

@@ -169,7 +169,8 @@ class FinetuneConfig:
                 "per_class_test": self.per_class_test, "img_size_cap": self.img_size,
                 "lrs": " ".join(f"{v:g}" for v in self.lrs),
                 "weight_decays": " ".join(f"{v:g}" for v in self.weight_decays),
-                "head_lr_scale": self.head_lr_scale, "head_init": self.head_init, "schedule": self.schedule, "augment": self.augment,
+                "head_lr_scale": self.head_lr_scale, "head_init": self.head_init, "schedule": self.schedule,
+                "augment": self.augment,
                 "bn": self.bn, "seed": self.seed}
 
 

@@ -2,9 +2,10 @@
 
 Fine-tuning on a CPU is dominated by the model only if the input pipeline costs nothing: every image is
 decoded once, resized (shorter side) and centre-cropped to the training resolution, and kept as a
-``(N, 3, S, S)`` uint8 tensor. The tensor is cached under ``<work_dir>/images/<key>.npz`` (key: dataset
-content fingerprint, resolution, interpolation), so the six grid configurations and every model at the same
-resolution reuse it. Augmentation (random crop with reflection padding, horizontal flip) runs on batches
+``(N, 3, S, S)`` uint8 array. The array is cached under ``<work_dir>/images/<key>.npy`` (key: dataset
+content fingerprint, resolution, interpolation; labels and class names in ``<key>.npz``) and memory-mapped
+when read back, so the six grid configurations and every model at the same resolution reuse it and a large
+dataset does not have to fit in memory. Augmentation (random crop with reflection padding, horizontal flip) runs on batches
 of that tensor, with an explicit generator so that a resumed epoch sees the same crops.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +32,10 @@ _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"
 
 @dataclass
 class ImageTensors:
-    """Images ``(N, 3, S, S)`` uint8, labels ``(N,)`` int64, class names; ``skipped``: unreadable items."""
+    """Images ``(N, 3, S, S)`` uint8 (an array, possibly memory-mapped), labels ``(N,)`` int64, class names;
+    ``skipped``: unreadable items."""
 
-    images: torch.Tensor
+    images: np.ndarray
     labels: torch.Tensor
     classes: list[str]
     skipped: list[str]
@@ -42,6 +46,11 @@ class ImageTensors:
     @property
     def size(self) -> int:
         return int(self.images.shape[-1])
+
+    def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The uint8 images at ``index`` (positions or a slice) as a tensor."""
+        idx = index.numpy() if isinstance(index, torch.Tensor) else index
+        return torch.from_numpy(np.array(self.images[idx], dtype=np.uint8))  # a writable copy
 
 
 def _resize_crop(img, size: int, interpolation: str) -> np.ndarray:
@@ -70,32 +79,58 @@ def load_image_tensors(ds: ImageDataset, size: int, interpolation: str = "bicubi
         interpolation = "bicubic" if interpolation == "random" else "bilinear"
     if ds.is_preprocessed:
         raise ValueError(f"{ds}: pre-made tensors cannot be resized for fine-tuning; give an image dataset")
-    path = None
+    meta = arr = None
     if cache_dir is not None:
-        key_doc = {"data": ds.fingerprint(), "size": int(size), "interpolation": interpolation, "v": 1}
+        key_doc = {"data": ds.fingerprint(), "size": int(size), "interpolation": interpolation, "v": 2}
         key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:32]
-        path = Path(cache_dir) / f"{key}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as d:
-                return ImageTensors(torch.from_numpy(d["images"]), torch.from_numpy(d["labels"]),
+        meta, arr = Path(cache_dir) / f"{key}.npz", Path(cache_dir) / f"{key}.npy"
+        if meta.exists() and arr.exists():  # the .npz is written last: its presence means complete
+            with np.load(meta, allow_pickle=False) as d:
+                return ImageTensors(np.load(arr, mmap_mode="r"), torch.from_numpy(d["labels"]),
                                     [str(c) for c in d["classes"]], [str(s) for s in d["skipped"]])
     n = len(ds)
-    out = np.empty((n, 3, size, size), dtype=np.uint8)
+    tmp = None
+    if arr is not None:
+        arr.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=arr.parent, prefix=f".{arr.name}.", suffix=".tmp")
+        os.close(fd)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+    else:
+        out = np.empty((n, 3, size, size), dtype=np.uint8)
     keep = np.ones(n, dtype=bool)
     skipped: list[str] = []
     from tqdm.auto import tqdm
 
-    for i in tqdm(range(n), desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True):
-        try:
-            out[i] = _resize_crop(ds.load(i), size, interpolation)
-        except CorruptImageError as exc:
-            keep[i] = False
-            skipped.append(f"{exc.name}: {exc.cause}")
-    images, labels = out[keep], np.asarray(ds.targets, dtype=np.int64)[keep]
-    if path is not None:
-        atomic_savez(path, images=images, labels=labels, classes=np.array(ds.classes, dtype=str),
-                     skipped=np.array(skipped, dtype=str))
-    return ImageTensors(torch.from_numpy(images), torch.from_numpy(labels), list(ds.classes), skipped)
+    try:
+        for i in tqdm(range(n), desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True):
+            try:
+                out[i] = _resize_crop(ds.load(i), size, interpolation)
+            except CorruptImageError as exc:
+                keep[i] = False
+                skipped.append(f"{exc.name}: {exc.cause}")
+        labels = np.asarray(ds.targets, dtype=np.int64)
+        if not keep.all():  # compact: drop the rows of unreadable images
+            j = 0
+            for i in np.flatnonzero(keep):
+                out[j] = out[i]
+                j += 1
+            labels = labels[keep]
+        if tmp is None:
+            return ImageTensors(out[: len(labels)], torch.from_numpy(labels), list(ds.classes), skipped)
+        out.flush()
+        del out
+        if not keep.all():  # rewrite with the right length
+            full = np.load(tmp, mmap_mode="r")[: len(labels)]
+            np.save(tmp + ".npy", full)
+            del full
+            os.replace(tmp + ".npy", tmp)
+        os.replace(tmp, arr)
+        tmp = None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    atomic_savez(meta, labels=labels, classes=np.array(ds.classes, dtype=str), skipped=np.array(skipped, dtype=str))
+    return ImageTensors(np.load(arr, mmap_mode="r"), torch.from_numpy(labels), list(ds.classes), skipped)
 
 
 def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:

@@ -146,8 +146,8 @@ def finetune(cfg: FinetuneConfig, *, on_epoch: EpochCallback | None = None) -> F
     interp = str(dcfg.get("interpolation", "bicubic"))
     cache = Path(cfg.work_dir) / "images"
     name = f"{cfg.display_model}@{cfg.display_dataset}"
-    train = load_image_tensors(train_ds, size, interp, cache, cfg.progress, desc=f"{cfg.display_dataset} train {size}px")
-    test = load_image_tensors(test_ds, size, interp, cache, cfg.progress, desc=f"{cfg.display_dataset} test {size}px")
+    train = load_image_tensors(train_ds, size, interp, cache, cfg.progress, f"{cfg.display_dataset} train {size}px")
+    test = load_image_tensors(test_ds, size, interp, cache, cfg.progress, f"{cfg.display_dataset} test {size}px")
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"{cfg.data}: no readable images in the train or test split")
     ctx = TrainContext(train, test, torch.tensor(dcfg["mean"], dtype=torch.float32),

@@ -79,7 +79,7 @@ def evaluate(model: nn.Module, data: ImageTensors, ctx: TrainContext, batch_size
     model.eval()
     correct = 0
     for s in range(0, len(data), batch_size):
-        x = normalize_batch(data.images[s:s + batch_size], ctx.mean, ctx.std).to(ctx.device)
+        x = normalize_batch(data.batch(slice(s, s + batch_size)), ctx.mean, ctx.std).to(ctx.device)
         with _autocast(ctx):
             logits = model(x)
         correct += int((logits.argmax(1).cpu() == data.labels[s:s + batch_size]).sum())
@@ -110,7 +110,8 @@ def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cf
     steps_per_epoch = max(1, math.ceil(n / bs))
     total = steps_per_epoch * cfg.epochs
     if cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "fp16")
@@ -139,7 +140,7 @@ def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cf
             _set_train_mode(model, cfg.bn)
             for s in range(0, n, bs):
                 idx = order[s:s + bs]
-                x = augment_batch(ctx.train.images[idx], cfg.augment, gen)
+                x = augment_batch(ctx.train.batch(idx), cfg.augment, gen)
                 x = normalize_batch(x, ctx.mean, ctx.std).to(ctx.device, non_blocking=True)
                 y = ctx.train.labels[idx].to(ctx.device, non_blocking=True)
                 with _autocast(ctx):

@@ -1,4 +1,8 @@
-"""Fixtures for the distillation tests: a tiny image dataset and tiny teacher/student checkpoints."""
+"""Fixtures for the distillation tests: a tiny image dataset and tiny teacher/student checkpoints.
+
+Imported by the test modules (``from distill_fixtures import *``) rather than living in a ``conftest.py``:
+a second ``conftest`` module would shadow ``tests/conftest.py`` for ``from conftest import shared_path``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+
+__all__ = ["TinyNet", "one_thread", "tiny_config", "tiny_data", "tiny_models", "tiny_net"]
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 
@@ -74,7 +80,7 @@ def tiny_net():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def one_thread():
     """Tiny tensors: one intra-op thread is fastest (and avoids spinning on a shared 2-core machine)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
