@@ -72,12 +72,15 @@ def _m_step(Z: np.ndarray, resp: np.ndarray, reg: float, weights_by: str
         A = np.stack([(Z[supports[k]] - means[k]) * np.sqrt(resp[supports[k], k] / nk[k])[:, None]
                       for k in ks])  # (n, m, d)
         _, s, Vt = np.linalg.svd(A, full_matrices=False)
-        eig = s**2 + reg
         for i, k in enumerate(ks):
+            # directions with s^2 <= 1e-12 reg (e.g. the one removed by centring) have variance
+            # reg to 12 digits: they join the isotropic orthogonal complement
+            keep = s[i] ** 2 > 1e-12 * reg
+            eig = s[i][keep] ** 2 + reg
             comps.low_k.append(int(k))
-            comps.low_U.append(Vt[i].T)
-            comps.low_eig.append(eig[i])
-            log_det[k] = -0.5 * ((d - m) * math.log(reg) + np.log(eig[i]).sum())
+            comps.low_U.append(Vt[i][keep].T)
+            comps.low_eig.append(eig)
+            log_det[k] = -0.5 * ((d - eig.size) * math.log(reg) + np.log(eig).sum())
     with threadpool_limits(limits=1, user_api="blas"):  # many small products: threads only hurt
         _dense_components(Z, resp, nk, means, reg, np.flatnonzero(2 * sizes > d), comps,
                           log_det)
@@ -119,6 +122,15 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
         v = Z - means[k]
         maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
     z2 = np.einsum("ij,ij->i", Z, Z)
+    if any(u.shape[1] == 0 for u in comps.low_U):  # rank 0 after trimming: isotropic reg * I
+        for k, u in zip(comps.low_k, comps.low_U):
+            if u.shape[1] == 0:
+                v = Z - means[k]
+                maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
+        keep = [i for i, u in enumerate(comps.low_U) if u.shape[1] > 0]
+        comps.low_k = [comps.low_k[i] for i in keep]
+        comps.low_U = [comps.low_U[i] for i in keep]
+        comps.low_eig = [comps.low_eig[i] for i in keep]
     n_low = len(comps.low_k)
     block = max(1, 2048 // max(1, max((u.shape[1] for u in comps.low_U), default=1)))
     for b0 in range(0, n_low, block):  # blocks of components keep the temporaries small

@@ -5,8 +5,8 @@ decoded once, resized (shorter side) and centre-cropped to the training resoluti
 ``(N, 3, S, S)`` uint8 array. The array is cached under ``<work_dir>/images/<key>.npy`` (key: dataset
 content fingerprint, resolution, interpolation; labels and class names in ``<key>.npz``) and memory-mapped
 when read back, so the six grid configurations and every model at the same resolution reuse it and a large
-dataset does not have to fit in memory. Augmentation (random crop with reflection padding, horizontal flip) runs on batches
-of that tensor, with an explicit generator so that a resumed epoch sees the same crops.
+dataset does not have to fit in memory. Augmentation (random crop with reflection padding, horizontal flip)
+runs on batches of that array, with an explicit generator so that a resumed epoch sees the same crops.
 """
 
 from __future__ import annotations
