@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## 3. Composition: {args.shots} shots/class as queries, budget {args.budget} crops, "
               f"pool of {gallery.n} crops ({len(grid)} per image) from {len(pool)} sources")
         print(_table(comp_rows, ["target", "queries", "selected", "pool share", "curated from target",
-                                 "random from target", "mean sim", "exact copies", "leak excl. crops", "leak excl. images",
+                                 "random from target", "mean sim", "exact copies", "leak excl. crops",
+                                 "leak excl. images",
                                  "leak in random", "query imgs excl."]))
         for r in comp_rows:
             print(f"  {r['target']}: curated composition {r['curated composition']}")

@@ -251,6 +251,7 @@ def test_fixed_eta_and_lambda():
     assert est.components_["itm_lambda"] == est.components_["itm_eta"]  # λ = η by default
 
 
+@pytest.mark.shared
 def test_paper_defaults_on_reference_synthetic():
     d = load_reference_input("synthetic.npz")
     est = get_estimator("itm").fit(d["X"], d["y"], random_state=0)

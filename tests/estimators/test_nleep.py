@@ -79,3 +79,11 @@ def test_single_sample_class_and_small_n():
     y = y.copy()
     y[0] = 7
     assert 0.0 < get_estimator("nleep").score(X, y) <= 1.0
+
+
+def test_bad_parameters():
+    X, y = _blobs(n=60)
+    with pytest.raises(ValueError, match="variance"):
+        get_estimator("nleep", variance=1.5).score(X, y)
+    with pytest.raises(ValueError, match="components_per_class"):
+        get_estimator("nleep", components_per_class=0).score(X, y)

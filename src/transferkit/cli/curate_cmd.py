@@ -29,6 +29,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--test", default="auto", show_default=True,
               help="Leakage guard: the target's test images ('auto': the queries' test split; 'none': off).")
 @click.option("--test-split", default="test", show_default=True)
+@click.option("--test-per-class", type=int, help="Guard against only this many test images per class (seeded).")
 @click.option("--scales", default="1,0.5", show_default=True, help="Gallery crop scales (1 = whole image).")
 @click.option("--grid", default=None, help="Grid size per scale (default ceil(1/scale)); one value or a list.")
 @click.option("--query-scales", default="1", show_default=True, help="Query crop scales (multi-crop queries).")
@@ -66,7 +67,7 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
         if not isinstance(doc, dict):
             raise click.BadParameter("the config file must hold a mapping", param_hint="--config")
     index_doc = dict(doc.pop("index", {}) or {})
-    plain = {"queries", "budget", "model", "out", "strategy", "query_split", "query_per_class", "test", "test_split",
+    plain = {"queries", "budget", "model", "out", "strategy", "query_split", "query_per_class", "test", "test_split", "test_per_class",
              "scales", "grid", "query_scales", "candidates", "dup_threshold", "leak_threshold", "max_per_image",
              "batch_size", "device", "cache_dir", "seed"}
     for name in plain:
@@ -100,7 +101,9 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
     rec = idx.get("recall_at_k")
     click.echo(f"index {idx.get('kind')} ({idx.get('backend', '-')})"
                + (f", recall@{rec['k']} vs exact {rec['recall']:.3f}" if rec else ""))
-    click.echo(f"leakage guard: {rep['leakage_guard']['excluded_crops']} crops "
-               f"({rep['leakage_guard']['excluded_images']} images) excluded; skipped {sel['skipped']}")
+    lg = rep["leakage_guard"]
+    click.echo(f"leakage guard: {lg['exact_copies_images']} exact copies of test images, {lg['excluded_crops']} "
+               f"candidate crops ({lg['excluded_images']} images) near test images excluded; "
+               f"skipped {sel['skipped']}")
     for src, c in sorted(rep["composition"].items(), key=lambda kv: -kv[1]["count"]):
         click.echo(f"  {c['count']:>7}  {c['fraction']:.3f}  {src}")

@@ -24,6 +24,17 @@ def _build_config(config: str | None, sets: tuple[str, ...], options: dict[str, 
     return cfg
 
 
+def _is_main() -> bool:
+    """False on DDP ranks other than 0 (only rank 0 prints and writes summaries)."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return True
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
 def _print_run(r: dict[str, Any]) -> None:
     from ..reporting import format_table
 
@@ -87,8 +98,10 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
         except ValueError as exc:
             raise click.BadParameter(f"seeds must be integers ({exc})", param_hint="--seeds") from exc
         if not method_list and not seed_list:
-            _print_run(run_distill(cfg.validate()))
-            click.echo(f"results: {Path(cfg.out_dir) / 'results.json'}")
+            result = run_distill(cfg.validate())
+            if _is_main():
+                _print_run(result)
+                click.echo(f"results: {Path(cfg.out_dir) / 'results.json'}")
             return
         method_list = method_list or [cfg.method]
         seed_list = seed_list or [cfg.seed]
@@ -97,6 +110,8 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
         results = run_comparison(cfg, method_list, seed_list)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if not _is_main():
+        return
     rows = summarize(results)
     root = Path(cfg.out_dir)
     write_csv(root / "summary.csv", rows)

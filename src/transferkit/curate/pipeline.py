@@ -70,9 +70,9 @@ class CurateConfig:
     """Everything one curation run needs.
 
     ``budget``: transfer-set size (crops). ``strategy``: ``'balanced'`` (query-balanced crop retrieval) or
-    ``'random'`` (uniform crops from the same pool, the baseline to compare with). ``test``: the images the transfer set must not leak
-    (``'auto'``: the query dataset's ``test_split`` when it has one; ``None``/``'none'``: no guard;
-    ``test_per_class`` subsamples it, e.g. to match a subsampled evaluation set).
+    ``'random'`` (uniform crops from the same pool, the baseline to compare with). ``test``: the images the
+    transfer set must not leak (``'auto'``: the query dataset's ``test_split`` when it has one;
+    ``None``/``'none'``: no guard; ``test_per_class`` subsamples it, e.g. to match an evaluation subset).
     ``candidates``: neighbours searched per query crop (``None``: ``4 * quota + 16``, grown automatically
     when a query's list runs out). Thresholds are cosine similarities (``None`` disables); their meaning
     depends on the embedding model (on EuroSAT with MobileNet-v1 0.25, distinct crops reach 0.999), so
@@ -133,7 +133,8 @@ class CurateConfig:
             if v is not None and not -1.0 <= float(v) <= 1.0:
                 raise ValueError(f"{name} is a cosine similarity in [-1, 1], got {v}")
         if self.strategy not in ("balanced", "random"):
-            raise ValueError(f"strategy must be 'balanced' (query-balanced retrieval) or 'random', got {self.strategy!r}")
+            raise ValueError("strategy must be 'balanced' (query-balanced retrieval) or 'random', "
+                             f"got {self.strategy!r}")
         if self.candidates is not None and self.candidates < 1:
             raise ValueError("candidates must be >= 1")
 
@@ -363,7 +364,8 @@ def curate(cfg: CurateConfig) -> CurationResult:
         "timings": timer.t,
         "short_queries": [qnames[i] for i in sel.short[:50]] if cfg.strategy == "balanced" else [],
     }
-    meta = {"model": report["config"]["model"], "strategy": cfg.strategy, "budget": cfg.budget, "queries": qds.source, "n": len(rows),
+    meta = {"model": report["config"]["model"], "strategy": cfg.strategy, "budget": cfg.budget,
+            "queries": qds.source, "n": len(rows),
             "crops": ggrid.describe(), "index": desc.get("kind"), "seed": cfg.seed}
     out = write_manifest(cfg.out, rows, meta)
     write_json(Path(out).with_suffix(".report.json"), report)

@@ -7,10 +7,10 @@ Reference: thuml/LogME ``LogME.py``, ``LogME(regression=False).fit`` (``_fit_fix
 Faithful to the reference, including its quirks: the one-hot target of each class is fitted
 separately and the per-class evidences (each divided by N) are averaged; when N > D the spectrum
 comes from the D x D Gram matrix (all D directions kept, as upstream's SVD does in practice) and
-``D`` in the evidence is the feature dimension even when N <= D (only N directions enter). Faster than the reference because one
-decomposition is shared by all classes, the projections of all one-hot targets are one matrix
-product, and the fixed-point iteration runs for all classes at once (each class stops at its own
-iteration, as in the reference loop).
+``D`` in the evidence is the feature dimension even when N <= D (only N directions enter).
+Faster than the reference because one symmetric eigen-decomposition is shared by all classes, the
+projections of all one-hot targets are one matrix product, and the fixed-point iteration runs for
+all classes at once (each class stops at its own iteration, as in the reference loop).
 """
 
 from __future__ import annotations

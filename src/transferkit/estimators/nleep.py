@@ -237,16 +237,22 @@ def pca_keep_variance(X: np.ndarray, variance: float) -> np.ndarray:
 def nleep_score(X: np.ndarray, y: np.ndarray, *, variance: float = 0.8,
                 components_per_class: int = 5, random_state: int = 0) -> float:
     """N-LEEP score (mean posterior of the true label, no log) of features ``X`` for ``y``."""
+    if not 0.0 < variance < 1.0:
+        raise ValueError(f"nleep: variance must be in (0, 1); got {variance}")
+    if int(components_per_class) != components_per_class or components_per_class < 1:
+        raise ValueError(f"nleep: components_per_class must be a positive integer; "
+                         f"got {components_per_class}")
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     N = X.shape[0]
     C = int(y.max()) + 1
     Z = pca_keep_variance(X, variance)
-    prob = gmm_posteriors(Z, components_per_class * C, random_state)  # p(z|x)
+    prob = gmm_posteriors(Z, int(components_per_class) * C, random_state)  # p(z|x)
     Y = np.zeros((N, C))
     Y[np.arange(N), y] = 1.0
     pyz = (Y.T @ prob) / N  # joint p(y, z)
-    py_z = pyz / pyz.sum(axis=0)  # p(y|z)
+    pz = pyz.sum(axis=0)
+    py_z = np.divide(pyz, pz, out=np.zeros_like(pyz), where=pz > 0)  # p(y|z); unused z -> 0
     py_x = np.einsum("ik,ik->i", prob, py_z[y])  # sum_z p(z|x) p(y_i|z)
     return float(py_x.sum() / N)
 
@@ -257,7 +263,8 @@ class NLEEP(TransferabilityEstimator):
 
     name = "nleep"
     summary = "LEEP over a Gaussian mixture of PCA-reduced features (Li et al., 2021)"
-    reference = "TencentARC/SFDA: metrics.py, NLEEP; Li et al., Ranking Neural Checkpoints, CVPR 2021"
+    reference = ("TencentARC/SFDA: metrics.py, NLEEP; "
+                 "Li et al., Ranking Neural Checkpoints, CVPR 2021")
     components = ()
 
     @classmethod

@@ -13,12 +13,14 @@ rank sums of the feature entries within each label group (exact average-rank tie
 ``scipy.stats.rankdata``).
 
 Faithfulness note: upstream's label RDM is *not* two-valued. ``np.corrcoef`` of identical one-hot
-rows returns 1 or 1 - 2^-53 depending on BLAS rounding (and on the position of the pair in the
-matrix), so the "same class" pairs split into several tie groups and the published PARC value
-moves by up to ~0.4 % with that rounding pattern. With ``exact_label_ties=False`` (default) we
-compute the label RDM exactly as upstream does, which reproduces the reference on the same BLAS;
-``exact_label_ties=True`` uses the mathematically intended two-valued RDM (same class / different
-class) and is independent of floating-point details.
+rows returns 1 or 1 - 2^-53 depending on BLAS rounding (on the class, and on where the pair falls
+in the blocked, threaded matrix product), so the "same class" pairs split into several tie groups.
+Against the mathematically intended two-valued RDM this moves PARC by up to ~0.4 %, and between
+BLAS thread counts upstream's own value moves by up to ~2e-5 (relative). With
+``exact_label_ties=False`` (default) we build the label RDM exactly as upstream does, with 2 BLAS
+threads as when the reference values were produced; that reproduces them (rtol 1e-6) on this
+OpenBLAS build. ``exact_label_ties=True`` uses the two-valued RDM (same class / different class)
+and is independent of floating-point details.
 
 Upstream raises for fewer than ``n_dims`` features or samples; we clip the PCA size with a
 warning.
@@ -152,7 +154,7 @@ class PARC(TransferabilityEstimator):
     """PARC (Bolya et al., NeurIPS 2021) as in dbolya/parc ``PARC(n_dims=32)``."""
 
     name = "parc"
-    summary = "Spearman correlation of feature and label dissimilarity matrices (Bolya et al., 2021)"
+    summary = "Spearman correlation of feature and label dissimilarity matrices (Bolya et al. 2021)"
     reference = "dbolya/parc: methods.py, PARC(n_dims=32); NeurIPS 2021"
     components = ()
 

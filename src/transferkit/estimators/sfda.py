@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import linalg, sparse
+from threadpoolctl import threadpool_limits
 
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs
@@ -71,11 +72,12 @@ def _shrink(S: np.ndarray, shrinkage: float) -> np.ndarray:
 
 def _solve_spd(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A^{-1} B for symmetric positive (semi-)definite A; pseudo-inverse if Cholesky fails."""
-    try:
-        return linalg.cho_solve(linalg.cho_factor(A, lower=True, check_finite=False), B,
-                                check_finite=False)
-    except linalg.LinAlgError:
-        return linalg.lstsq(A, B, check_finite=False)[0]
+    with threadpool_limits(limits=1, user_api="blas"):  # LAPACK: threads gain little here
+        try:
+            return linalg.cho_solve(linalg.cho_factor(A, lower=True, check_finite=False), B,
+                                    check_finite=False)
+        except linalg.LinAlgError:
+            return linalg.lstsq(A, B, check_finite=False)[0]
 
 
 def _softmax(Z: np.ndarray) -> np.ndarray:
