@@ -39,11 +39,19 @@ from ._validation import CheckedInputs, safe_n_components
 __all__ = ["PARC", "parc_score", "spearman_vs_grouped"]
 
 
-def _upper(A: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+def _upper(A: np.ndarray) -> np.ndarray:
     """Strict upper triangle, row-major (the order of ``np.triu_indices(n, 1)``)."""
-    if mask is None:
-        mask = np.triu(np.ones(A.shape, dtype=bool), 1)
-    return A[mask]
+    return A[np.triu(np.ones(A.shape, dtype=bool), 1)]
+
+
+def _upper_blocks(n: int):
+    """Row blocks (i0, i1, offset) covering the strict upper triangle in row-major order."""
+    rows = max(1, (1 << 22) // max(n, 1))
+    offset = 0
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        yield i0, i1, offset
+        offset += sum(n - 1 - i for i in range(i0, i1))
 
 
 def _sum_sq_avg_ranks(M: int, tie_sizes: np.ndarray) -> float:
@@ -52,12 +60,13 @@ def _sum_sq_avg_ranks(M: int, tie_sizes: np.ndarray) -> float:
     return M * (M + 1.0) * (2.0 * M + 1.0) / 6.0 - float(np.sum(t**3 - t)) / 12.0
 
 
-def spearman_vs_grouped(values: np.ndarray, group: np.ndarray, n_groups: int) -> float:
+def spearman_vs_grouped(values: np.ndarray, group: np.ndarray, n_groups: int, *,
+                        overwrite_values: bool = False) -> float:
     """Spearman correlation between ``values`` and a variable that is constant within groups.
 
     ``group[i]`` in 0..n_groups-1 identifies the tie group of entry i of the second variable,
     groups numbered in increasing order of its value. Exact average-rank (``rankdata``) ties
-    on both sides.
+    on both sides. With ``overwrite_values`` the array is sorted in place (saves a copy).
     """
     M = values.size
     sizes = np.bincount(group, minlength=n_groups)
@@ -66,24 +75,28 @@ def spearman_vs_grouped(values: np.ndarray, group: np.ndarray, n_groups: int) ->
     start = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     r2 = start + (sizes + 1) / 2.0
 
-    srt = np.sort(values)
     # rank sums of the feature entries inside every group but the largest (that one is the rest)
     big = int(np.argmax(sizes))
+    members = {int(g): np.sort(values[group == g]) for g in np.flatnonzero(nonempty) if g != big}
+    if overwrite_values:
+        values.sort()
+        srt = values
+    else:
+        srt = np.sort(values)
     sums = np.zeros(n_groups)
-    for g in np.flatnonzero(nonempty):
-        if g == big:
-            continue
-        v = np.sort(values[group == g])
+    for g, v in members.items():
         lo = np.searchsorted(srt, v, side="left")
         hi = np.searchsorted(srt, v, side="right")
         sums[g] = float(np.sum(lo + hi + 1, dtype=np.int64)) / 2.0  # avg rank = (lo+hi+1)/2
     sums[big] = M * (M + 1) / 2.0 - sums.sum()
 
-    # tie groups of the feature values
-    change = np.flatnonzero(srt[1:] != srt[:-1])
-    bounds = np.concatenate(([0], change + 1, [M]))
-    ties1 = np.diff(bounds)
-    ties1 = ties1[ties1 > 1]
+    # tie groups of the feature values: runs of equal neighbours in the sorted array
+    eq = np.flatnonzero(srt[1:] == srt[:-1])  # i where srt[i] == srt[i+1]; usually few
+    if eq.size:
+        starts_run = np.concatenate(([0], np.flatnonzero(np.diff(eq) != 1) + 1))
+        ties1 = np.diff(np.concatenate((starts_run, [eq.size]))) + 1
+    else:
+        ties1 = np.zeros(0, dtype=np.int64)
 
     mean = (M + 1) / 2.0
     cov = float(np.dot(r2[nonempty], sums[nonempty])) - M * mean * mean
@@ -94,26 +107,39 @@ def spearman_vs_grouped(values: np.ndarray, group: np.ndarray, n_groups: int) ->
     return cov / np.sqrt(var1 * var2)
 
 
-def _label_groups(y: np.ndarray, C: int, exact_ties: bool, mask: np.ndarray
-                  ) -> tuple[np.ndarray, int]:
+def _label_groups(y: np.ndarray, C: int, exact_ties: bool) -> tuple[np.ndarray, int]:
     """Tie-group id (ordered by RDM value) of every upper-triangle pair of the label RDM."""
     if exact_ties:
-        return _upper(y[:, None] != y[None, :], mask).astype(np.int64), 2
-    # Exactly upstream's RDM. Its rounding pattern depends on how BLAS splits the product
+        return _upper(y[:, None] != y[None, :]).astype(np.int64), 2
+    # Exactly upstream's RDM (1 - np.corrcoef of the one-hot rows, same floating-point
+    # operations). Its rounding pattern depends on how BLAS blocks the product and splits it
     # between threads (up to ~2e-5 in the final score); the reference values were computed
-    # with 2 BLAS threads, so we fix that count here to make the result reproducible.
+    # with 2 BLAS threads, so we fix that count to make the result reproducible.
+    X = np.eye(C)[y]
+    X -= X.mean(axis=1)[:, None]
     with threadpool_limits(limits=2, user_api="blas"):
-        rdm = 1.0 - np.corrcoef(np.eye(C)[y])
+        c = np.dot(X, X.T.conj())  # one product, as np.cov: its rounding depends on blocking
+    c *= np.true_divide(1, C - 1)
+    std = np.sqrt(np.diag(c))
+    n = c.shape[0]
     # The RDM is 1 - (a correlation clipped to [-1, 1]): same-class values are multiples of
     # 2^-53 in [0, 0.5), different-class ones 1 + multiples of 2^-52 in [1, 2], so v * 2^53
     # is an exact, order-preserving integer key for every value.
-    key = (_upper(rdm, mask) * 2.0**53).astype(np.int64)
-    del rdm
+    key = np.empty(n * (n - 1) // 2, dtype=np.int64)
+    for i0, i1, off in _upper_blocks(n):
+        blk = c[i0:i1, i0:] / std[i0:i1, None]
+        blk /= std[None, i0:]
+        v = blk[np.triu(np.ones(blk.shape, dtype=bool), 1)]
+        np.clip(v, -1.0, 1.0, out=v)
+        np.subtract(1.0, v, out=v)
+        v *= 2.0**53
+        key[off:off + v.size] = v
+    del c
     far = key >= 2**52
     near_max = int(key.max(where=~far, initial=-1))
     far_min = int(key.min(where=far, initial=2**62))
-    if far.any():
-        key[far] -= far_min - near_max - 1  # far keys right after the near ones
+    if far_min < 2**62:  # far keys right after the near ones
+        np.subtract(key, far_min - near_max - 1, out=key, where=far)
     span = int(key.max()) + 1
     if span <= 1_000_000:
         return key, span
@@ -122,15 +148,20 @@ def _label_groups(y: np.ndarray, C: int, exact_ties: bool, mask: np.ndarray
     return group.astype(np.int64).reshape(-1), int(group.max()) + 1
 
 
-def _feature_rdm_upper(feats: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Upper triangle of ``1 - np.corrcoef(feats)`` (rows = samples)."""
+def _feature_rdm_upper(feats: np.ndarray) -> np.ndarray:
+    """Upper triangle of ``1 - np.corrcoef(feats)`` (rows = samples), computed block by block."""
     Zc = feats - feats.mean(axis=1, keepdims=True)
     norms = np.sqrt(np.einsum("ij,ij->i", Zc, Zc))
     Zn = np.divide(Zc, norms[:, None], out=np.zeros_like(Zc), where=norms[:, None] > 0)
-    G = Zn @ Zn.T
-    np.clip(G, -1.0, 1.0, out=G)
-    np.subtract(1.0, G, out=G)
-    return _upper(G, mask)
+    n = Zn.shape[0]
+    out = np.empty(n * (n - 1) // 2)
+    for i0, i1, off in _upper_blocks(n):
+        blk = Zn[i0:i1] @ Zn[i0:].T
+        vals = blk[np.triu(np.ones(blk.shape, dtype=bool), 1)]
+        out[off:off + vals.size] = vals
+    np.clip(out, -1.0, 1.0, out=out)
+    np.subtract(1.0, out, out=out)
+    return out
 
 
 def parc_score(X: np.ndarray, y: np.ndarray, *, n_dims: int = 32, random_state: int = 1919,
@@ -143,10 +174,9 @@ def parc_score(X: np.ndarray, y: np.ndarray, *, n_dims: int = 32, random_state: 
     feats = PCA(n_components=k, svd_solver="randomized", random_state=random_state,
                 iterated_power=1).fit_transform(X)
     feats = StandardScaler().fit_transform(feats)
-    mask = np.triu(np.ones((X.shape[0], X.shape[0]), dtype=bool), 1)
-    rdm1 = _feature_rdm_upper(feats, mask)
-    group, n_groups = _label_groups(y, C, exact_label_ties, mask)
-    return 100.0 * spearman_vs_grouped(rdm1, group, n_groups)
+    rdm1 = _feature_rdm_upper(feats)
+    group, n_groups = _label_groups(y, C, exact_label_ties)
+    return 100.0 * spearman_vs_grouped(rdm1, group, n_groups, overwrite_values=True)
 
 
 @register_estimator
