@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from shared_data import shared_path
 
 from transferkit.metrics import (
     kendall_tau,

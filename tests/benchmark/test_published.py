@@ -7,7 +7,7 @@ import re
 from importlib import resources
 
 import pytest
-from conftest import shared_path
+from shared_data import shared_path
 
 from transferkit.benchmark.published import list_tables, load_table, published_metrics, table_rows
 

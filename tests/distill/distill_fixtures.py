@@ -1,7 +1,7 @@
 """Fixtures for the distillation tests: a tiny image dataset and tiny teacher/student checkpoints.
 
 Imported by the test modules (``from distill_fixtures import *``) rather than living in a ``conftest.py``:
-a second ``conftest`` module would shadow ``tests/conftest.py`` for ``from conftest import shared_path``.
+a second ``conftest`` module would shadow ``tests/conftest.py`` for ``from shared_data import shared_path``.
 """
 
 from __future__ import annotations

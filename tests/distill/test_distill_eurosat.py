@@ -21,7 +21,6 @@ def _shared(*parts: str) -> Path:
     return p
 
 
-@pytest.mark.slow
 @pytest.mark.shared
 def test_benchmark_config_runs_on_real_models(tmp_path, monkeypatch):
     from transferkit.distill import DistillConfig, run_distill

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import load_reference_input, reference_cases, shared_path
+from shared_data import load_reference_input, reference_cases, shared_path
 
 from transferkit.estimators import get_estimator, score_zoo
 from transferkit.estimators.etran import etran_energy_score, etran_lda_score

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_reference_input, reference_cases
+from shared_data import load_reference_input, reference_cases
 from sklearn.covariance import LedoitWolf, ledoit_wolf_shrinkage as sk_shrinkage
 
 from transferkit.estimators import get_estimator

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_reference_input
+from shared_data import load_reference_input
 from transferkit.estimators import get_estimator, list_estimators
 from transferkit.estimators.itm import (
     _AdamW,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_reference_input, reference_cases, reference_error_files
+from shared_data import load_reference_input, reference_cases, reference_error_files
 
 from transferkit.estimators import get_estimator
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import load_reference_input, reference_cases, reference_error_files
+from shared_data import load_reference_input, reference_cases, reference_error_files
 
 from transferkit.estimators import get_estimator, score_zoo
 from transferkit.estimators.ncti import pca_transform

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import load_reference_input, reference_cases
+from shared_data import load_reference_input, reference_cases
 from sklearn.mixture import GaussianMixture
 
 from transferkit.estimators import get_estimator

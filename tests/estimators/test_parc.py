@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.stats
-from conftest import load_reference_input, reference_cases, reference_error_files
+from shared_data import load_reference_input, reference_cases, reference_error_files
 
 from transferkit.estimators import get_estimator
 from transferkit.estimators.parc import parc_score, spearman_vs_grouped

@@ -71,7 +71,7 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
             per_class: int | None, transfer: str | None, method: str | None, methods: str | None, seeds: str | None,
             out_dir: str | None, cache_dir: str | None, device: str | None, export_onnx: bool | None,
             resume: bool | None, print_config: bool) -> None:
-    """Task-oriented knowledge transfer from a TEACHER to a small STUDENT, or one of the baselines.
+    """Task-oriented knowledge transfer from a teacher model to a small student, or one of the baselines.
 
     (a) adapt the teacher to the labeled target set (linear probe or fine-tune), (b) train the student on
     the unlabeled transfer set to match the teacher's predictions, (c) fine-tune it on the labeled set.

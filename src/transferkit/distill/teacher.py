@@ -37,8 +37,7 @@ class ProbeResult:
 
 def _lbfgs_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int = 300) -> nn.Linear:
     """Multinomial logistic regression on standardised features: mean CE + l2/2 * ||W||^2."""
-    torch.manual_seed(0)
-    lin = nn.Linear(x.shape[1], n_classes, dtype=torch.float64)
+    lin = nn.Linear(x.shape[1], n_classes, dtype=torch.float64)  # zero start: deterministic, no RNG used
     nn.init.zeros_(lin.weight)
     nn.init.zeros_(lin.bias)
     opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, history_size=20,

@@ -110,6 +110,15 @@ def _dense_components(Z: np.ndarray, resp: np.ndarray, nk: np.ndarray, means: np
         log_det[k] = np.log(np.diag(prec)).sum()
 
 
+def _exact_low_rank(Z: np.ndarray, rows: np.ndarray, mu: np.ndarray, U: np.ndarray,
+                    eig: np.ndarray, reg: float) -> np.ndarray:
+    """Mahalanobis distances of samples ``rows`` to one low-rank component, computed directly."""
+    v = Z[rows] - mu
+    a = v @ U
+    r = v - a @ U.T
+    return np.einsum("ij,ij->i", r, r) / reg + (a * a / eig).sum(axis=1)
+
+
 def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: float) -> np.ndarray:
     """Squared Mahalanobis distances (N, K) of every sample to every component."""
     N, d = Z.shape
@@ -118,25 +127,20 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
         for k, prec in zip(comps.dense_k, comps.dense_prec):
             y = Z @ prec - means[k] @ prec
             maha[:, k] = np.einsum("ij,ij->i", y, y)
-    for k in comps.empty_k:
+    isotropic = comps.empty_k + [k for k, u in zip(comps.low_k, comps.low_U) if u.shape[1] == 0]
+    for k in isotropic:  # covariance reg * I
         v = Z - means[k]
         maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
+    low = [i for i, u in enumerate(comps.low_U) if u.shape[1] > 0]
+    if not low:
+        return maha
     z2 = np.einsum("ij,ij->i", Z, Z)
-    if any(u.shape[1] == 0 for u in comps.low_U):  # rank 0 after trimming: isotropic reg * I
-        for k, u in zip(comps.low_k, comps.low_U):
-            if u.shape[1] == 0:
-                v = Z - means[k]
-                maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
-        keep = [i for i, u in enumerate(comps.low_U) if u.shape[1] > 0]
-        comps.low_k = [comps.low_k[i] for i in keep]
-        comps.low_U = [comps.low_U[i] for i in keep]
-        comps.low_eig = [comps.low_eig[i] for i in keep]
-    n_low = len(comps.low_k)
-    block = max(1, 2048 // max(1, max((u.shape[1] for u in comps.low_U), default=1)))
-    for b0 in range(0, n_low, block):  # blocks of components keep the temporaries small
-        ks = comps.low_k[b0:b0 + block]
-        Us = comps.low_U[b0:b0 + block]
-        eigs = comps.low_eig[b0:b0 + block]
+    block = max(1, 2048 // max(comps.low_U[i].shape[1] for i in low))
+    for b0 in range(0, len(low), block):  # blocks of components keep the temporaries small
+        idx = low[b0:b0 + block]
+        ks = [comps.low_k[i] for i in idx]
+        Us = [comps.low_U[i] for i in idx]
+        eigs = [comps.low_eig[i] for i in idx]
         mus = means[ks]
         starts = np.concatenate(([0], np.cumsum([u.shape[1] for u in Us])[:-1]))
         proj = Z @ np.concatenate(Us, axis=1)
@@ -147,21 +151,12 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
         in_span = np.add.reduceat(proj, starts, axis=1)
         scale = z2[:, None] + np.einsum("ij,ij->i", mus, mus)[None, :]
         perp = scale - 2.0 * (Z @ mus.T) - a2  # squared distance orthogonal to the span
+        maha[:, ks] = np.maximum(perp, 0.0) / reg + in_span
         # where the orthogonal part is small the expansion cancels: recompute it directly
         redo_i, redo_j = np.nonzero(perp < 1e-6 * scale)
-        order = np.argsort(redo_j, kind="stable")
-        redo_i, redo_j = redo_i[order], redo_j[order]
-        cuts = np.flatnonzero(np.diff(redo_j)) + 1
-        for rows, js in zip(np.split(redo_i, cuts), np.split(redo_j, cuts)):
-            if rows.size == 0:
-                continue
-            j = js[0]
-            v = Z[rows] - mus[j]
-            a = v @ Us[j]
-            r = v - a @ Us[j].T
-            perp[rows, j] = np.einsum("ij,ij->i", r, r)
-            in_span[rows, j] = (a * a / eigs[j]).sum(axis=1)
-        maha[:, ks] = np.maximum(perp, 0.0) / reg + in_span
+        for j in np.unique(redo_j):
+            rows = redo_i[redo_j == j]
+            maha[rows, ks[j]] = _exact_low_rank(Z, rows, mus[j], Us[j], eigs[j], reg)
     return maha
 
 
