@@ -81,3 +81,12 @@ def test_small_d_or_n_warns_and_scores(shape):
     y = np.arange(shape[0]) % 3
     with pytest.warns(UserWarning, match="PCA dimensions"):
         assert np.isfinite(get_estimator("parc").score(X, y))
+
+
+@pytest.mark.filterwarnings("ignore:parc. asked for 32 PCA dimensions")
+def test_undefined_correlation_is_a_clear_error():
+    rng = np.random.default_rng(6)
+    with pytest.raises(ValueError, match="parc needs at least 3 samples"):
+        get_estimator("parc").score(rng.normal(size=(2, 1)), [0, 1])
+    with pytest.raises(ValueError, match="rank correlation is undefined"):
+        get_estimator("parc").score(rng.normal(size=(6, 4)), np.arange(6))  # one per class

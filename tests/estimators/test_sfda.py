@@ -69,3 +69,9 @@ def test_degenerate_inputs_give_finite_scores():
     assert 0.0 <= get_estimator("sfda").score(X, y) <= 1.0
     X1 = np.random.default_rng(4).normal(size=(50, 1))  # D = 1
     assert 0.0 <= get_estimator("sfda").score(X1, np.arange(50) % 2) <= 1.0
+
+
+def test_zero_within_class_scatter():
+    # one sample per class: upstream's power iteration divides 0 by 0
+    X = np.array([[0.1], [-0.2], [0.4]])
+    assert get_estimator("sfda").score(X, [0, 1, 2]) == pytest.approx(1 / 3)

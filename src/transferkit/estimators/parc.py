@@ -103,7 +103,7 @@ def spearman_vs_grouped(values: np.ndarray, group: np.ndarray, n_groups: int, *,
     var1 = _sum_sq_avg_ranks(M, ties1) - M * mean * mean
     var2 = _sum_sq_avg_ranks(M, sizes[nonempty]) - M * mean * mean
     if var1 <= 0 or var2 <= 0:
-        return float("nan")
+        return float("nan")  # one side is constant: the rank correlation is undefined
     return cov / np.sqrt(var1 * var2)
 
 
@@ -174,9 +174,18 @@ def parc_score(X: np.ndarray, y: np.ndarray, *, n_dims: int = 32, random_state: 
     feats = PCA(n_components=k, svd_solver="randomized", random_state=random_state,
                 iterated_power=1).fit_transform(X)
     feats = StandardScaler().fit_transform(feats)
+    if feats.shape[1] < 2 or X.shape[0] < 3:
+        raise ValueError(
+            f"parc needs at least 3 samples and 2 feature dimensions (correlations between "
+            f"samples' feature vectors); got N={X.shape[0]}, D={X.shape[1]}")
     rdm1 = _feature_rdm_upper(feats)
     group, n_groups = _label_groups(y, C, exact_label_ties)
-    return 100.0 * spearman_vs_grouped(rdm1, group, n_groups, overwrite_values=True)
+    value = spearman_vs_grouped(rdm1, group, n_groups, overwrite_values=True)
+    if not np.isfinite(value):
+        raise ValueError("parc: the feature or label dissimilarities are all equal (e.g. "
+                         "duplicated samples or one sample per class), so their rank "
+                         "correlation is undefined")
+    return 100.0 * value
 
 
 @register_estimator

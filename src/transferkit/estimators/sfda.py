@@ -56,9 +56,15 @@ def _largest_eigenvalue(A: np.ndarray, n_iter: int = 3) -> float:
     y = x
     for _ in range(n_iter):
         t = A @ x
-        y = t / np.linalg.norm(t, 2)
+        nt = np.linalg.norm(t, 2)
+        if nt == 0:  # e.g. zero within-class scatter (upstream: 0 / 0 = NaN)
+            return 0.0
+        y = t / nt
         t = A @ y
-        x = t / np.linalg.norm(t, 2)
+        nt = np.linalg.norm(t, 2)
+        if nt == 0:
+            return 0.0
+        x = t / nt
     return float(x @ A @ y)
 
 
