@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def command(features: tuple[str, ...], methods: str, gt_path: str | None, gt_dat
     if not zoo:
         raise click.UsageError("give feature files, --models/--zoo with --data, or --demo")
 
-    with click.progressbar(length=len(method_list), label="scoring", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=len(method_list), label="scoring", file=sys.stderr) as bar:
         try:
             results = rank_zoo(zoo, method_list, random_state=seed, on_method=lambda m: bar.update(1))
         except ValueError as exc:
