@@ -44,8 +44,10 @@ def _top1(folder: str, tmp_path: Path, subset: np.ndarray | None = None) -> tupl
 
 
 def test_mobilenetv1_025_top1_on_fixed_subset(tmp_path):
-    """Every 5th image (200, fixed): the recorded 41.4 % within 3 binomial standard deviations (±10.4 %)."""
-    acc, n = _top1("mobilenetv1_025.in1k", tmp_path, subset=np.arange(0, 1000, 5))
+    """200 images drawn once with seed 0 (a random draw: the sorted-wnid order clusters similar classes):
+    the recorded 41.4 % within 3 binomial standard deviations (±10.4 %)."""
+    subset = np.sort(np.random.default_rng(0).choice(1000, size=200, replace=False))
+    acc, n = _top1("mobilenetv1_025.in1k", tmp_path, subset=subset)
     p = RECORDED["mobilenetv1_025.in1k"]
     assert abs(acc - p) <= 3 * math.sqrt(p * (1 - p) / n), acc
 

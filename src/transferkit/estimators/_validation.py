@@ -21,7 +21,7 @@ class CheckedInputs:
 
     X: np.ndarray
     y: np.ndarray
-    P: np.ndarray | None
+    P: np.ndarray | None  # float dtype of the input (float32 stays float32): upcast for arithmetic
     classes: np.ndarray  # original label values; classes[y] gives the user's labels back
 
     @property
@@ -41,7 +41,7 @@ class CheckedInputs:
         return np.bincount(self.y, minlength=self.n_classes)
 
 
-def _as_feature_matrix(features: object, name: str = "features") -> np.ndarray:
+def _as_matrix(features: object, name: str) -> np.ndarray:
     try:
         X = np.asarray(features)
     except Exception as exc:  # ragged lists and the like
@@ -53,15 +53,23 @@ def _as_feature_matrix(features: object, name: str = "features") -> np.ndarray:
         raise ValueError(f"{name} must be a 2-D array (N samples, D dims); got shape {X.shape}{hint}")
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {X.shape}")
-    X = X.astype(np.float64, copy=False)
+    return X
+
+
+def _raise_non_finite(X: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(X)
+    rows = np.unique(np.nonzero(bad)[0])
+    kind = "NaN" if np.isnan(X).any() else "inf"
+    raise ValueError(
+        f"{name} contain non-finite values ({kind}) in {len(rows)} of {X.shape[0]} rows "
+        f"(first: row {rows[0]}); drop or impute them before scoring"
+    )
+
+
+def _as_feature_matrix(features: object, name: str = "features") -> np.ndarray:
+    X = _as_matrix(features, name).astype(np.float64, copy=False)
     if not np.isfinite(X.sum()) and not np.isfinite(X).all():  # one cheap pass in the common case
-        bad = ~np.isfinite(X)
-        rows = np.unique(np.nonzero(bad)[0])
-        kind = "NaN" if np.isnan(X).any() else "inf"
-        raise ValueError(
-            f"{name} contain non-finite values ({kind}) in {len(rows)} of {X.shape[0]} rows "
-            f"(first: row {rows[0]}); drop or impute them before scoring"
-        )
+        _raise_non_finite(X, name)
     return X
 
 
@@ -86,15 +94,21 @@ def _remap_labels(labels: object, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _as_probs(source_probs: object, n: int) -> np.ndarray:
-    P = _as_feature_matrix(source_probs, name="source_probs")
+    """Validated probabilities, kept in their float dtype (argmax-only methods need no float64
+    copy; methods doing arithmetic upcast)."""
+    P = _as_matrix(source_probs, "source_probs")
+    if P.dtype.kind != "f":
+        P = P.astype(np.float64)
     if P.shape[0] != n:
         raise ValueError(f"features have {n} rows but source_probs have {P.shape[0]}")
+    sums = P.sum(axis=1, dtype=np.float64)  # also the finiteness check: NaN/inf propagate
+    if not np.isfinite(sums).all():
+        _raise_non_finite(P, "source_probs")
     if P.min() < 0:
         raise ValueError(
             "source_probs must be probabilities (non-negative, rows summing to 1); "
             "got negative values - pass softmax(logits), not logits"
         )
-    sums = P.sum(axis=1)
     if np.abs(sums - 1.0).max() > 1e-3:
         raise ValueError(
             "source_probs rows must sum to 1 (probabilities of the source classifier); "

@@ -49,8 +49,8 @@ class LEEP(TransferabilityEstimator):
     needs_source_probs = True
 
     def _score(self, data: CheckedInputs, random_state: int) -> dict[str, float]:
-        P, y = data.P, data.y
-        assert P is not None
+        assert data.P is not None
+        P, y = data.P.astype(np.float64, copy=False), data.y
         joint = _label_sums(y, P, data.n_classes) / P.shape[0]  # (C_t, C_s): P(y, z)
         p_z = joint.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
