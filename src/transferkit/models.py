@@ -657,19 +657,31 @@ def read_zoo(path: str | Path) -> list[ModelEntry]:
             raise ValueError(f"{path}: expected a 'models:' key")
     else:
         items = doc
+    return zoo_entries(items, base, where=str(path), defaults=defaults)
+
+
+def zoo_entries(items: Any, base: Path, where: str = "zoo",
+                defaults: Mapping[str, Any] | None = None) -> list[ModelEntry]:
+    """Model entries from a parsed zoo document (a list, or a name -> entry mapping).
+
+    Each entry is a spec string or a mapping with ``model`` (or ``arch`` + ``checkpoint``), an
+    optional ``name`` and per-model options; relative paths are taken from ``base``. Zoo files
+    and inline zoos in benchmark specs share this one format.
+    """
+    defaults = dict(defaults or {})
     if isinstance(items, Mapping):
         items = [dict(v, name=k) if isinstance(v, Mapping) else {"name": k, "model": v} for k, v in items.items()]
     if not isinstance(items, Sequence) or isinstance(items, str) or not items:
-        raise ValueError(f"{path}: 'models' must be a non-empty list")
+        raise ValueError(f"{where}: 'models' must be a non-empty list")
     bad = set(defaults) - ENTRY_OPTIONS
     if bad:
-        raise ValueError(f"{path}: unknown default option(s) {sorted(bad)}")
+        raise ValueError(f"{where}: unknown default option(s) {sorted(bad)}")
     entries, seen = [], set()
     for item in items:
         if isinstance(item, str):
             item = {"model": item}
         if not isinstance(item, Mapping):
-            raise ValueError(f"{path}: each model must be a string or a mapping, got {item!r}")
+            raise ValueError(f"{where}: each model must be a string or a mapping, got {item!r}")
         item = dict(item)
         spec = item.pop("model", None) or item.pop("spec", None)
         arch, ckpt = item.pop("arch", None), item.pop("checkpoint", None)
@@ -678,15 +690,15 @@ def read_zoo(path: str | Path) -> list[ModelEntry]:
         elif spec is None:
             spec = arch
         if not spec:
-            raise ValueError(f"{path}: model entry {item!r} has no 'model' (or arch/checkpoint)")
+            raise ValueError(f"{where}: model entry {item!r} has no 'model' (or arch/checkpoint)")
         spec = _rebase(str(spec), base)
         name = str(item.pop("name", None) or default_model_name(spec))
         unknown = set(item) - ENTRY_OPTIONS
         if unknown:
-            raise ValueError(f"{path}: model {name!r}: unknown option(s) {sorted(unknown)}; "
+            raise ValueError(f"{where}: model {name!r}: unknown option(s) {sorted(unknown)}; "
                              f"allowed {sorted(ENTRY_OPTIONS)}")
         if name in seen:
-            raise ValueError(f"{path}: duplicate model name {name!r}")
+            raise ValueError(f"{where}: duplicate model name {name!r}")
         seen.add(name)
         entries.append(ModelEntry(name, spec, {**defaults, **item}))
     return entries

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..finetune import FinetuneConfig
-from ..models import ENTRY_OPTIONS, ModelEntry, _rebase, default_model_name, read_zoo
+from ..models import ModelEntry, read_zoo, zoo_entries
 
 __all__ = ["BenchmarkSpec", "DatasetSpec", "FeatureOptions", "load_spec", "zoo_from_doc"]
 
@@ -170,31 +170,7 @@ class BenchmarkSpec:
 # ------------------------------------------------------------------------------------------------
 def zoo_from_doc(items: Any, base: Path, where: str = "zoo") -> list[ModelEntry]:
     """Zoo entries from an inline list (same entry format as a zoo file; paths relative to ``base``)."""
-    if isinstance(items, Mapping):
-        items = [dict(v, name=k) if isinstance(v, Mapping) else {"name": k, "model": v} for k, v in items.items()]
-    if not isinstance(items, Sequence) or isinstance(items, str) or not items:
-        raise ValueError(f"{where}: must be a zoo file path or a non-empty list of models")
-    out, seen = [], set()
-    for item in items:
-        item = {"model": item} if isinstance(item, str) else dict(item)
-        spec = item.pop("model", None) or item.pop("spec", None)
-        arch, ckpt = item.pop("arch", None), item.pop("checkpoint", None)
-        if ckpt is not None:
-            spec = f"{arch or spec}@{ckpt}" if (arch or spec) else str(ckpt)
-        elif spec is None:
-            spec = arch
-        if not spec:
-            raise ValueError(f"{where}: entry {item!r} has no 'model' (or arch/checkpoint)")
-        spec = _rebase(str(spec), base)
-        name = str(item.pop("name", None) or default_model_name(spec))
-        unknown = set(item) - ENTRY_OPTIONS
-        if unknown:
-            raise ValueError(f"{where}: model {name!r}: unknown option(s) {sorted(unknown)}")
-        if name in seen:
-            raise ValueError(f"{where}: duplicate model name {name!r}")
-        seen.add(name)
-        out.append(ModelEntry(name, spec, item))
-    return out
+    return zoo_entries(items, base, where=where)
 
 
 def _data_path(data: str, base: Path) -> str:
