@@ -125,7 +125,11 @@ def command(features: tuple[str, ...], methods: str, gt_path: str | None, gt_dat
                    "seconds": r.seconds}
             metric_rows.append(row)
         click.echo("\nrank metrics against " + gt_path)
-        click.echo(format_table(metric_rows, precision=3))
+        shown = ["method", "weighted_tau_scipy", "weighted_tau_itm", "kendall_tau", "spearman_rho",
+                 "pearson_r", "top1_relative_accuracy", "regret", "seconds"]
+        click.echo(format_table(metric_rows, columns=[c for c in shown if metric_rows and c in metric_rows[0]],
+                                precision=3))
+        click.echo("(all metrics, including Model-Spider's weighted-tau convention, in metrics.csv)")
         write_csv(out / "metrics.csv", metric_rows)
         payload["ground_truth"] = gt
         payload["metrics"] = metric_rows
