@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import time
+import zipfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,8 +60,12 @@ def load_feature_file(path: str | Path, name: str | None = None) -> ZooFeatures:
                                  f"X (N x D), y (N) and optionally P; found {d.files}")
             X, y = d["X"], d["y"]
             P = d["P"] if "P" in d.files else None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    except ValueError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: {exc}") from exc
     return ZooFeatures(name or path.stem, X, y, P)
 
 
@@ -106,9 +111,11 @@ def rank_zoo(
                 warnings.simplefilter("default")
                 scores = score_zoo(
                     {z.name: z.X for z in zoo}, zoo[0].y, method=est,
-                    source_probs={z.name: z.P for z in zoo}, random_state=random_state,
+                    # only methods that read P see it: a bad P must not fail LogME & co.
+                    source_probs={z.name: z.P for z in zoo} if est.needs_source_probs else None,
+                    random_state=random_state,
                 )
-        except ValueError as exc:
+        except (ValueError, ArithmeticError) as exc:  # one method failing must not lose the others
             out.append(MethodResult(method, {}, time.perf_counter() - t0, error=str(exc)))
             continue
         out.append(MethodResult(method, scores, time.perf_counter() - t0))
@@ -130,12 +137,24 @@ def read_ground_truth(path: str | Path, dataset: str | None = None) -> dict[str,
     if mcol is None or acol is None:
         raise ValueError(f"{path}: needs columns 'model' and 'accuracy'; found {list(rows[0])}")
     dcol = cols.get("dataset")
+    if dataset is not None and dcol is None:
+        raise ValueError(f"{path}: has no 'dataset' column, so dataset {dataset!r} cannot be selected")
+    if dataset is None and dcol is not None:
+        names = sorted({r[dcol] for r in rows})
+        if len(names) > 1:
+            raise ValueError(f"{path}: holds several datasets ({', '.join(names)}); choose one "
+                             "(--gt-dataset NAME)")
     gt: dict[str, float] = {}
     for r in rows:
-        if dataset is not None and dcol is not None and r[dcol] != dataset:
+        if dataset is not None and r[dcol] != dataset:
             continue
+        if r[mcol] in gt:
+            raise ValueError(f"{path}: model {r[mcol]!r} appears twice"
+                             + (f" for dataset {dataset!r}" if dataset else ""))
         try:
             gt[r[mcol]] = float(r[acol])
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: accuracy {r[acol]!r} of model {r[mcol]!r} is not a number") from exc
+    if not gt:
+        raise ValueError(f"{path}: no rows" + (f" for dataset {dataset!r}" if dataset else ""))
     return gt

@@ -45,6 +45,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", newline="") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())  # the rename must not publish a file whose data is not on disk
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -71,11 +70,11 @@ def command(features: tuple[str, ...], methods: str, gt_path: str | None, gt_dat
 
     The model name is the file stem. All files must hold the same target images in the same order.
     """
-    method_list = _split_methods(methods)
+    method_list = list(dict.fromkeys(m.lower().replace("-", "_") for m in _split_methods(methods)))
     if demo:
         from ..demo import write_demo_zoo
 
-        tmp = Path(tempfile.mkdtemp(prefix="transferkit_demo_"))
+        tmp = Path(out_dir) / "demo_zoo"
         paths, demo_gt = write_demo_zoo(tmp, seed=seed)
         features = tuple(str(p) for p in paths)
         gt_path = gt_path or str(demo_gt)
@@ -121,8 +120,11 @@ def command(features: tuple[str, ...], methods: str, gt_path: str | None, gt_dat
         for r in results:
             if r.error:
                 continue
-            row = {"method": r.method, **rank_metrics(r.scores, {m: gt[m] for m in r.scores}),
-                   "seconds": r.seconds}
+            try:
+                metrics = rank_metrics(r.scores, {m: gt[m] for m in r.scores})
+            except ValueError as exc:
+                raise click.ClickException(f"rank metrics for {r.method}: {exc}") from exc
+            row = {"method": r.method, **metrics, "seconds": r.seconds}
             metric_rows.append(row)
         click.echo("\nrank metrics against " + gt_path)
         shown = ["method", "weighted_tau_scipy", "weighted_tau_itm", "kendall_tau", "spearman_rho",

@@ -38,14 +38,16 @@ def reader_for(spec: str | Path) -> type[ImageDataset]:
 
 
 def open_dataset(spec: str | Path | ImageDataset, split: str | None = None, *, per_class: int | None = None,
-                 seed: int = 0, test_fraction: float = 0.2, fingerprint_mode: str = "content") -> ImageDataset:
+                 seed: int = 0, test_fraction: float = 0.2, fingerprint_mode: str = "content",
+                 split_seed: int | None = None) -> ImageDataset:
     """Open a dataset from a path (or pass an :class:`ImageDataset` through).
 
     ``split``: a native split (``train``/``test`` folders, zip folders, a CSV ``split`` column, npz key
     suffixes, IDX ``train``/``t10k`` files), ``'all'``, or ``None`` (``train`` if present, else everything).
-    Asking for ``train``/``test``/``val`` on a source without native splits makes a seeded stratified
-    split (``test_fraction`` of each class goes to ``test``/``val``). ``per_class`` then keeps a seeded
-    stratified subsample of at most that many items per class.
+    Asking for ``train``/``test`` on a source without native splits makes a seeded stratified split
+    (``test_fraction`` of each class goes to ``test``), seeded by ``split_seed`` (default: ``seed``);
+    pass a fixed ``split_seed`` when ``seed`` varies between runs that must share one test set.
+    ``per_class`` then keeps a seeded stratified subsample of at most that many items per class.
     """
     if isinstance(spec, ImageDataset):
         ds = spec
@@ -55,13 +57,17 @@ def open_dataset(spec: str | Path | ImageDataset, split: str | None = None, *, p
         kwargs = {"fingerprint_mode": fingerprint_mode} if cls in (ImageFolderDataset, CsvManifestDataset) else {}
         ds = cls(path, split=split, **kwargs)
     if split not in (None, "all") and split not in ds.native_splits and ds.split != split:
-        if split not in ("train", "test", "val"):
-            raise KeyError(f"{ds.source}: no split {split!r}; native splits: {list(ds.native_splits) or 'none'}")
+        if split not in ("train", "test"):
+            hint = " (generated splits are train/test only; a generated 'val' would equal 'test')" \
+                if split == "val" else ""
+            raise KeyError(f"{ds.source}: no split {split!r}; native splits: "
+                           f"{list(ds.native_splits) or 'none'}{hint}")
         if ds.split not in (None, "all"):
             raise KeyError(f"{ds.source}: dataset is already the {ds.split!r} split; cannot take {split!r}")
-        train, test = stratified_split(ds.targets, test_fraction, seed)
+        sseed = seed if split_seed is None else split_seed
+        train, test = stratified_split(ds.targets, test_fraction, sseed)
         ds = ds.subset(train if split == "train" else test,
-                       note=f"seeded split {split} (test_fraction={test_fraction}, seed={seed})")
+                       note=f"seeded split {split} (test_fraction={test_fraction}, seed={sseed})")
         ds.split = split
     if per_class is not None:
         ds = ds.subset(stratified_subsample(ds.targets, per_class, seed), note=f"per_class={per_class}, seed={seed}")

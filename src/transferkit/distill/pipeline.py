@@ -291,10 +291,14 @@ def _prepare_out(out: Path, cfg: DistillConfig, digest: str) -> None:
 
 def _open_labeled(cfg: DistillConfig) -> tuple[ImageDataset, ImageDataset | None]:
     """The few-shot labeled training set and the test set of a config."""
-    labeled = open_dataset(cfg.data, cfg.train_split, per_class=cfg.per_class, seed=cfg.effective_data_seed())
+    # one fixed generated train/test split for every seed (split_seed=0): the run seed only picks the
+    # few-shot subsample, so labeled images can never fall into another seed's test set
+    labeled = open_dataset(cfg.data, cfg.train_split, per_class=cfg.per_class, seed=cfg.effective_data_seed(),
+                           split_seed=0)
     if len(labeled.classes) < 2:
         raise ValueError(f"{cfg.data}: the labeled set has {len(labeled.classes)} class(es); need at least 2")
-    test = open_dataset(cfg.data, cfg.test_split, per_class=cfg.test_per_class) if cfg.test_split else None
+    test = (open_dataset(cfg.data, cfg.test_split, per_class=cfg.test_per_class, split_seed=0)
+            if cfg.test_split else None)
     if test is not None and test.classes != labeled.classes:
         raise ValueError(f"{cfg.data}: the {cfg.test_split!r} split has classes {test.classes[:5]}... but the "
                          f"{cfg.train_split!r} split has {labeled.classes[:5]}...")

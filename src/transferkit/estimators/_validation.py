@@ -46,8 +46,8 @@ def _as_matrix(features: object, name: str) -> np.ndarray:
         X = np.asarray(features)
     except Exception as exc:  # ragged lists and the like
         raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
-    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-        raise ValueError(f"{name} must be numeric; got dtype {X.dtype}")
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be real numbers; got dtype {X.dtype}")
     if X.ndim != 2:
         hint = " (use X.reshape(-1, 1) for a single feature)" if X.ndim == 1 else ""
         raise ValueError(f"{name} must be a 2-D array (N samples, D dims); got shape {X.shape}{hint}")

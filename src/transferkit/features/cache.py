@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,8 @@ from .featureset import FeatureSet, atomic_savez
 
 __all__ = ["CacheEntry", "FeatureCache", "cache_key"]
 
+from ..reporting import atomic_write_text
+
 FORMAT_VERSION = 1
 
 
@@ -35,22 +35,6 @@ def cache_key(doc: dict[str, Any]) -> str:
     """sha256 (hex, 32 chars) of a canonical JSON of the key document."""
     blob = json.dumps({"format": FORMAT_VERSION, **doc}, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class FeatureCache:
@@ -103,10 +87,11 @@ class CacheEntry:
         meta = self.read_meta()
         if meta is not None and meta.get("n_items") == n_items and meta.get("chunk_size", 0) > 0:
             return int(meta["chunk_size"])
-        if meta is not None:  # inconsistent leftovers (should not happen with a content key): start over
-            for p in self.path.glob("chunk-*.npz"):
-                p.unlink(missing_ok=True)
-        _atomic_write_text(self.meta_path, json.dumps(
+        # no usable meta (fresh entry, or leftovers of a run whose meta was lost): start over, so
+        # chunks of another chunk size can never be counted as done
+        for p in self.path.glob("chunk-*.npz"):
+            p.unlink(missing_ok=True)
+        atomic_write_text(self.meta_path, json.dumps(
             {"key": self.key, "format": FORMAT_VERSION, "n_items": n_items, "chunk_size": chunk_size, "key_doc": doc},
             indent=1, default=str))
         return chunk_size
