@@ -52,6 +52,10 @@ def load_feature_file(path: str | Path, name: str | None = None) -> ZooFeatures:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"feature file not found: {path}")
+    with path.open("rb") as fh:
+        if fh.read(2) != b"PK":  # numpy calls any other bytes "pickled data"
+            raise ValueError(f"{path}: not a readable .npz file (expected the zip archive that "
+                             "numpy.savez writes, with keys X, y and optionally P)")
     try:
         with np.load(path, allow_pickle=False) as d:
             missing = {"X", "y"} - set(d.files)

@@ -94,3 +94,36 @@ def test_rank_demo_runs_offline(tmp_path):
     res = CliRunner().invoke(main, ["rank", "--demo", "--methods", "logme,leep,sfda", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "metrics.csv").exists()
+
+
+def test_bad_source_probs_fail_only_the_methods_that_read_them(zoo_files, tmp_path):
+    paths, _ = zoo_files
+    d = dict(np.load(paths["ok"]))
+    d["P"] = d["P"] * 3.0  # rows no longer sum to 1
+    np.savez(paths["ok"], **d)
+    res = CliRunner().invoke(main, ["rank", *map(str, paths.values()), "--methods", "logme,leep",
+                                    "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "leep: skipped" in res.output and "sum to 1" in res.output
+    assert "logme  (" in res.output
+
+
+def test_ground_truth_with_several_datasets_needs_a_choice(zoo_files, tmp_path):
+    paths, _ = zoo_files
+    gt = tmp_path / "gt2.csv"
+    gt.write_text("model,dataset,accuracy\ngood,a,0.9\nok,a,0.7\nbad,a,0.3\ngood,b,0.1\nok,b,0.5\nbad,b,0.9\n")
+    args = ["rank", *map(str, paths.values()), "--methods", "logme", "--gt", str(gt), "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "several datasets" in res.output
+    res = CliRunner().invoke(main, [*args, "--gt-dataset", "b"])
+    assert res.exit_code == 0, res.output
+    metrics = list(csv.DictReader((tmp_path / "o" / "metrics.csv").open()))
+    assert float(metrics[0]["top1_relative_accuracy"]) < 1.0  # dataset b reverses the order
+
+
+def test_corrupt_npz_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip at all")
+    res = CliRunner().invoke(main, ["rank", str(bad), "--methods", "logme"])
+    assert res.exit_code != 0 and "not a readable .npz" in res.output
+    assert "Traceback" not in res.output
