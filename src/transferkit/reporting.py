@@ -8,11 +8,11 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["format_table", "write_csv", "write_json", "atomic_write_text"]
+__all__ = ["format_table", "write_csv", "write_json", "atomic_write", "atomic_write_text", "atomic_torch_save"]
 
 
 def _fmt(value: Any, precision: int) -> str:
@@ -37,14 +37,15 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     return "\n".join([line.rstrip(), sep, *body])
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to `path` via a temp file + rename, so readers never see a partial file."""
+def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], mode: str = "wb") -> Path:
+    """Call ``write(fh)`` on a temp file beside `path`, fsync, then rename: readers never see a
+    partial file, and an interrupted write leaves nothing at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())  # the rename must not publish a file whose data is not on disk
         os.replace(tmp, path)
@@ -52,6 +53,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write text to `path` atomically (temp file + fsync + rename)."""
+    return atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` atomically (temp file + fsync + rename)."""
+    import torch
+
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:

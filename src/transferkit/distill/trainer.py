@@ -24,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,7 +37,7 @@ from torch import nn
 
 from ..data import CorruptImageError
 from ..features.distributed import DistContext
-from ..reporting import atomic_write_text, write_csv
+from ..reporting import atomic_torch_save, atomic_write_text, write_csv
 from .config import StageConfig
 from .data import StepPlan, ViewDataset, make_loader
 
@@ -61,20 +59,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
-
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclass

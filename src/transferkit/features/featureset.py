@@ -9,36 +9,21 @@ The ``.npz`` holds ``X`` (N,D float32), ``y`` (N int64) and, when the model has 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..reporting import atomic_write
+
 __all__ = ["FeatureSet", "atomic_savez"]
 
 
 def atomic_savez(path: str | Path, **arrays: np.ndarray) -> Path:
-    """``np.savez`` to a temporary file in the same folder, fsync, then rename: readers never see a
-    partial file, and an interrupted write leaves no file at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """``np.savez`` atomically (temp file + fsync + rename): readers never see a partial file, and
+    an interrupted write leaves no file at ``path``."""
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 @dataclass

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..reporting import atomic_torch_save
 from .config import FinetuneConfig
 from .images import ImageTensors, augment_batch, normalize_batch
 
@@ -86,19 +85,6 @@ def evaluate(model: nn.Module, data: ImageTensors, ctx: TrainContext, batch_size
     return 100.0 * correct / max(1, len(data))
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cfg: FinetuneConfig,
                      ctx: TrainContext, checkpoint: Path, *, on_epoch: EpochCallback | None = None,
                      desc: str = "") -> tuple[list[float], float]:
@@ -155,7 +141,7 @@ def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cf
             history.append(acc)
             seconds += time.perf_counter() - t0
             bar.set_postfix(acc=f"{acc:.2f}", best=f"{max(history):.2f}", loss=f"{loss.item():.3f}")
-            _atomic_torch_save({"point": point, "lr": lr, "weight_decay": wd, "model": model.state_dict(),
+            atomic_torch_save({"point": point, "lr": lr, "weight_decay": wd, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                 "scaler": scaler.state_dict(), "history": history, "seconds": seconds},
                                checkpoint)
