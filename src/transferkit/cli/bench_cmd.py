@@ -58,6 +58,11 @@ def command(spec: str, out_dir: str | None, methods: str | None, models: str | N
         bench = bench.select(names(models), None)
         if methods:
             bench.methods = methods
+        from ..estimators import list_estimators
+
+        unknown = [m for m in bench.method_list() if m.lower().replace("-", "_") not in set(list_estimators())]
+        if unknown:  # before any feature extraction, not after it
+            raise click.BadParameter(f"unknown method(s) {unknown}; see `transferkit estimators`")
         if gt:
             bench.ground_truth = gt if gt.startswith("published:") else str(Path(gt).resolve())
         if cache_dir:
