@@ -77,6 +77,10 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
     if opts["gallery"]:
         doc["gallery"] = [GallerySource(g, split=opts["gallery_split"], per_class=opts["gallery_per_class"])
                           for g in opts["gallery"]]
+    elif _given(ctx, "gallery_split") or _given(ctx, "gallery_per_class"):
+        # never ignore an option silently: these only shape galleries named with --gallery
+        raise click.UsageError("--gallery-split/--gallery-per-class apply to --gallery; set split/per_class "
+                               "on each gallery entry of the --config file instead")
     for cli_name, key in (("index_kind", "kind"), ("exact_max", "exact_max"), ("nlist", "nlist"),
                           ("nprobe", "nprobe"), ("pq_m", "m")):
         if (_given(ctx, cli_name) or key not in index_doc) and opts[cli_name] is not None:
