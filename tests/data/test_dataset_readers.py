@@ -247,6 +247,17 @@ def test_seeded_split_when_there_is_no_native_split(tmp_path):
     assert tr.split == "train" and "seeded split" in tr.describe()["selection"]
 
 
+def test_split_seed_fixes_the_split_while_seed_varies_the_subsample(tmp_path):
+    root = _write_folder(tmp_path / "flat", _layout({"a": 10, "b": 10}, splits=False))
+    names = lambda d: {d.item_name(i) for i in range(len(d))}  # noqa: E731
+    test = names(open_dataset(root, split="test", split_seed=0))
+    for seed in range(5):  # few-shot subsamples of every seed stay inside the one train split
+        shots = names(open_dataset(root, split="train", per_class=3, seed=seed, split_seed=0))
+        assert shots.isdisjoint(test)
+    with pytest.raises(KeyError, match="generated splits are train/test only"):
+        open_dataset(root, split="val")
+
+
 def test_stratified_subsample_properties():
     y = np.repeat(np.arange(4), [10, 3, 7, 1])
     with pytest.warns(UserWarning, match="fewer"):
