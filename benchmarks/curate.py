@@ -188,6 +188,7 @@ def run_target(args: argparse.Namespace, target: str, pool: list, cache_dir: str
     from transferkit.curate.pipeline import CurateConfig, curate
 
     spec = str(DATA / SOURCES[target][0])
+    out_dir.mkdir(parents=True, exist_ok=True)
     res = {}
     for strategy in ("balanced", "random"):
         cfg = CurateConfig(queries=spec, gallery=pool, budget=args.budget, model=args.model,
@@ -221,36 +222,70 @@ def run_target(args: argparse.Namespace, target: str, pool: list, cache_dir: str
             "per_class": rep_b["per_class_composition"]}
 
 
-def run_distill(args: argparse.Namespace, target: str, manifests: dict[str, str], out_dir: Path) -> list[dict]:
-    """Student accuracy with the curated vs the random transfer set (when `transferkit distill` exists)."""
+def _distill_one(args: argparse.Namespace, target: str, strategy: str, manifest: str, seed: int,
+                 out_dir: Path) -> dict:
+    """One `transferkit distill` run (a subprocess with its own log) on one transfer-set manifest."""
+    import subprocess
+
+    run_dir = out_dir / f"distill_{target}_{strategy}_seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-c", "from transferkit.cli import main; main()", "distill"]
+    if args.distill_config:
+        cmd += ["--config", args.distill_config]
+    cmd += ["--teacher", args.teacher, "--student", args.student, "--data", str(DATA / SOURCES[target][0]),
+            "--per-class", str(args.shots), "--transfer", manifest, "--method", "task_oriented",
+            "--out", str(run_dir), "--set", f"seed={seed}", "--no-export-onnx"]
+    if args.test_per_class_distill:
+        cmd += ["--set", f"test_per_class={args.test_per_class_distill}"]
+    cmd += list(args.distill_args)
+    print("running:", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(run_dir / "log.txt", "a") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    res = run_dir / "results.json"
+    d = json.loads(res.read_text()) if res.exists() else {}
+    note = ""
+    if rc:
+        lines = (run_dir / "log.txt").read_text().strip().splitlines()
+        note = (lines or [""])[-1][:120]
+    return {"target": target, "transfer set": strategy, "seed": seed, "transfer size": args.budget,
+            "student acc": d.get("student_accuracy"), "teacher acc": d.get("teacher_accuracy"),
+            "seconds": time.perf_counter() - t0, "rc": rc, "note": note}
+
+
+def run_distill(args: argparse.Namespace, target: str, manifests: dict[int, dict[str, str]],
+                out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Student accuracy with the curated vs the random transfer set, per seed, ``--distill-jobs`` at a time.
+
+    ``manifests[seed][strategy]`` is the manifest curated with the labeled set of that seed (the queries
+    are the few-shot labeled images the student is distilled for). Returns per-run rows and a mean ± std
+    summary per strategy.
+    """
     try:
         from transferkit import distill  # noqa: F401
     except ImportError:
         print("\n## 4. Distillation: skipped (transferkit.distill is not installed)")
-        return []
-    import subprocess
+        return [], []
+    from concurrent.futures import ThreadPoolExecutor
 
-    rows = []
-    for strategy, manifest in manifests.items():
-        run_dir = out_dir / f"distill_{target}_{strategy}"
-        cmd = [sys.executable, "-c", "from transferkit.cli import main; main()", "distill",
-               "--teacher", args.teacher, "--student", args.student, "--data", str(DATA / SOURCES[target][0]),
-               "--per-class", str(args.shots), "--transfer", manifest, "--method", "task_oriented",
-               "--out", str(run_dir), "--set", f"test_per_class={args.test_per_class}"] + list(args.distill_args)
-        print("running:", " ".join(cmd), flush=True)
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        res = run_dir / "results.json"
-        d = json.loads(res.read_text()) if res.exists() else {}
-        rows.append({"target": target, "transfer set": strategy, "transfer size": args.budget,
-                     "student acc": d.get("student_accuracy"), "teacher acc": d.get("teacher_accuracy"),
-                     "seconds": time.perf_counter() - t0, "rc": p.returncode,
-                     "note": (p.stderr.strip().splitlines() or [""])[-1][:120] if p.returncode else ""})
+    jobs = [(strategy, m, seed) for seed, per in sorted(manifests.items()) for strategy, m in per.items()]
+    with ThreadPoolExecutor(max_workers=max(1, args.distill_jobs)) as ex:
+        rows = list(ex.map(lambda j: _distill_one(args, target, j[0], j[1], j[2], out_dir), jobs))
+    summary = []
+    for strategy in dict.fromkeys(r["transfer set"] for r in rows):
+        acc = np.array([r["student acc"] for r in rows if r["transfer set"] == strategy
+                        and r["student acc"] is not None], dtype=float)
+        summary.append({"target": target, "transfer set": strategy, "transfer size": args.budget,
+                        "seeds": len(acc), "student acc mean": float(acc.mean()) if len(acc) else None,
+                        "student acc std": float(acc.std(ddof=1)) if len(acc) > 1 else None,
+                        "per seed": ", ".join(f"{a:.3f}" for a in acc)})
     print("\n## 4. Student accuracy after task-oriented distillation: curated vs random transfer set "
           "(same size, same pool)")
-    print(_table(rows, ["target", "transfer set", "transfer size", "student acc", "teacher acc", "seconds", "rc",
-                        "note"]))
-    return rows
+    print(_table(rows, ["target", "transfer set", "seed", "transfer size", "student acc", "teacher acc", "seconds",
+                        "rc", "note"]))
+    print(_table(summary, ["target", "transfer set", "transfer size", "seeds", "student acc mean", "student acc std",
+                           "per seed"]))
+    return rows, summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill", action="store_true", help="also distill with curated vs random sets (first target)")
     ap.add_argument("--teacher", default=str(SHARED / "weights" / "tf_efficientnet_lite2.in1k"))
     ap.add_argument("--student", default=str(SHARED / "weights" / "mobilenetv1_025.in1k"))
+    ap.add_argument("--distill-seeds", default="0", help="seeds of the curated-vs-random distillation (each seed: "
+                    "its own few-shot labeled set = queries, curation and student run)")
+    ap.add_argument("--distill-jobs", type=int, default=1, help="distillation runs side by side")
+    ap.add_argument("--distill-config", default=None, help="`transferkit distill` YAML config for those runs")
+    ap.add_argument("--test-per-class-distill", type=int, default=None,
+                    help="target test images per class for the student's accuracy (default: all)")
     ap.add_argument("--distill-args", nargs=argparse.REMAINDER, default=[], help="extra `transferkit distill` args")
     ap.add_argument("--faiss-threads", type=int, default=None, help="faiss OpenMP threads (default: all cores)")
     ap.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -301,13 +342,20 @@ def main(argv: list[str] | None = None) -> int:
         pool = pool_sources(args.pool_per_class, args.imagenet_items)
         results["embedding"] = bench_embedding(args, pool, cache_dir)
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-        comp_rows, distill_rows = [], []
+        comp_rows, distill_rows, distill_summary = [], [], []
         for t in targets:
             r = run_target(args, t, pool, cache_dir, out_dir)
             comp_rows.append(r["row"])
             results.setdefault("per_class", {})[t] = r["per_class"]
             if args.distill and t == targets[0]:
-                distill_rows = run_distill(args, t, r["manifests"], out_dir)
+                manifests = {}
+                for seed in (int(s) for s in args.distill_seeds.split(",")):
+                    if seed == args.seed:
+                        manifests[seed] = r["manifests"]
+                    else:  # curate again with this seed's labeled set as the queries
+                        seeded = argparse.Namespace(**{**vars(args), "seed": seed})
+                        manifests[seed] = run_target(seeded, t, pool, cache_dir, out_dir / f"seed{seed}")["manifests"]
+                distill_rows, distill_summary = run_distill(args, t, manifests, out_dir)
         # search benchmark on the real gallery, with every target's query crops
         from transferkit.curate.crops import CropDataset, CropGrid
         from transferkit.curate.embed import GalleryEmbeddings, embed_dataset
@@ -331,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['target']}: curated composition {r['curated composition']}")
         results["composition"] = comp_rows
         results["distill"] = distill_rows
+        results["distill_summary"] = distill_summary
         from transferkit.reporting import write_json
 
         write_json(out_dir / "results.json", json.loads(json.dumps(results, default=str)))
