@@ -64,7 +64,20 @@ def _m_step(Z: np.ndarray, resp: np.ndarray, reg: float, weights_by: str
     log_det = np.empty(K)  # log det of the precision Cholesky factor = -0.5 log det(cov)
     supports = [np.flatnonzero(resp[:, k]) for k in range(K)]
     sizes = np.array([sup.size for sup in supports])
-    # low-rank components, batched by support size (one stacked SVD per size)
+    # stacked small SVDs and many small products: single-threaded BLAS is faster (one limiter for
+    # the whole step: entering threadpool_limits rescans the loaded libraries, ~5 ms each time)
+    with threadpool_limits(limits=1, user_api="blas"):
+        _low_rank_components(Z, resp, nk, means, reg, supports, sizes, comps, log_det)
+        _dense_components(Z, resp, nk, means, reg, np.flatnonzero(2 * sizes > d), comps,
+                          log_det)
+    return weights, means, comps, log_det
+
+
+def _low_rank_components(Z: np.ndarray, resp: np.ndarray, nk: np.ndarray, means: np.ndarray,
+                         reg: float, supports: list[np.ndarray], sizes: np.ndarray,
+                         comps: _Components, log_det: np.ndarray) -> None:
+    """Components supported on m <= d/2 samples (or none), batched by support size."""
+    d = Z.shape[1]
     for k in np.flatnonzero(sizes == 0):
         comps.empty_k.append(int(k))
         log_det[k] = -0.5 * d * math.log(reg)
@@ -72,8 +85,7 @@ def _m_step(Z: np.ndarray, resp: np.ndarray, reg: float, weights_by: str
         ks = np.flatnonzero(sizes == m)
         A = np.stack([(Z[supports[k]] - means[k]) * np.sqrt(resp[supports[k], k] / nk[k])[:, None]
                       for k in ks])  # (n, m, d)
-        with threadpool_limits(limits=1, user_api="blas"):  # stacked small SVDs
-            _, s, Vt = np.linalg.svd(A, full_matrices=False)
+        _, s, Vt = np.linalg.svd(A, full_matrices=False)
         for i, k in enumerate(ks):
             # directions with s^2 <= 1e-12 reg (e.g. the one removed by centring) have variance
             # reg to 12 digits: they join the isotropic orthogonal complement
@@ -83,10 +95,6 @@ def _m_step(Z: np.ndarray, resp: np.ndarray, reg: float, weights_by: str
             comps.low_U.append(Vt[i][keep].T)
             comps.low_eig.append(eig)
             log_det[k] = -0.5 * ((d - eig.size) * math.log(reg) + np.log(eig).sum())
-    with threadpool_limits(limits=1, user_api="blas"):  # many small products: threads only hurt
-        _dense_components(Z, resp, nk, means, reg, np.flatnonzero(2 * sizes > d), comps,
-                          log_det)
-    return weights, means, comps, log_det
 
 
 def _dense_components(Z: np.ndarray, resp: np.ndarray, nk: np.ndarray, means: np.ndarray,
