@@ -469,7 +469,11 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
             report["onnx"] = _export(out, student, s_dc, test or labeled, s_render)
     if report.get("teacher_adapted"):
         report["teacher_accuracy"] = report["teacher_adapted"].get("test_accuracy")
-    cost["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+    # stage seconds accumulate over resumed processes; this process alone may have run only the last stages
+    this_process = round(time.perf_counter() - t_start, 3)
+    stages = sum(float(cost["seconds"].get(k) or 0.0) for k in ("adapt", "teacher_transfer", "distill", "finetune", "eval"))
+    cost["seconds"]["this_process"] = this_process
+    cost["seconds"]["total"] = round(max(this_process, stages), 3)
     report["cost"] = cost
     report["config_digest"] = digest
     report["versions"] = _versions()
