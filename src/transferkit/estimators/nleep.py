@@ -37,7 +37,6 @@ from ._validation import CheckedInputs
 __all__ = ["NLEEP", "nleep_score", "gmm_posteriors", "pca_keep_variance"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_GRAM_MAX_N = 8192  # Z Z^T is N^2 float64: 512 MiB at this size; larger N projects directly
 
 
 class _Components:
@@ -50,8 +49,6 @@ class _Components:
         self.low_k: list[int] = []
         self.low_U: list[np.ndarray] = []  # d x m orthonormal basis of the support span
         self.low_eig: list[np.ndarray] = []  # covariance eigenvalues in that span (s^2 + reg)
-        self.low_rows: list[np.ndarray] = []  # the support (sample indices) of the component
-        self.low_coef: list[np.ndarray] = []  # m x r: U = (sqrt(w) (Z[rows] - mu))^T coef
         self.empty_k: list[int] = []  # no responsibility at all: covariance reg * I
 
 
@@ -88,7 +85,7 @@ def _low_rank_components(Z: np.ndarray, resp: np.ndarray, nk: np.ndarray, means:
         ks = np.flatnonzero(sizes == m)
         A = np.stack([(Z[supports[k]] - means[k]) * np.sqrt(resp[supports[k], k] / nk[k])[:, None]
                       for k in ks])  # (n, m, d)
-        Ua, s, Vt = np.linalg.svd(A, full_matrices=False)
+        _, s, Vt = np.linalg.svd(A, full_matrices=False)
         for i, k in enumerate(ks):
             # directions with s^2 <= 1e-12 reg (e.g. the one removed by centring) have variance
             # reg to 12 digits: they join the isotropic orthogonal complement
@@ -97,8 +94,6 @@ def _low_rank_components(Z: np.ndarray, resp: np.ndarray, nk: np.ndarray, means:
             comps.low_k.append(int(k))
             comps.low_U.append(Vt[i][keep].T)
             comps.low_eig.append(eig)
-            comps.low_rows.append(supports[k])
-            comps.low_coef.append(np.sqrt(resp[supports[k], k] / nk[k])[:, None] * Ua[i][:, keep] / s[i][keep])
             log_det[k] = -0.5 * ((d - eig.size) * math.log(reg) + np.log(eig).sum())
 
 
@@ -134,14 +129,8 @@ def _exact_low_rank(Z: np.ndarray, rows: np.ndarray, mu: np.ndarray, U: np.ndarr
     return np.einsum("ij,ij->i", r, r) / reg + (a * a / eig).sum(axis=1)
 
 
-def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: float,
-                 gram: np.ndarray | None = None) -> np.ndarray:
-    """Squared Mahalanobis distances (N, K) of every sample to every component.
-
-    With ``gram`` (= Z Z^T, shared by every E-step of a fit) the projections onto a low-rank
-    component's span come from the Gram columns of its support (N x m, then m x r) instead of
-    an N x d x r product: the E-steps then cost O(N^2 m) instead of O(N^2 d).
-    """
+def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: float) -> np.ndarray:
+    """Squared Mahalanobis distances (N, K) of every sample to every component."""
     N, d = Z.shape
     maha = np.empty((N, means.shape[0]))
     with threadpool_limits(limits=1, user_api="blas"):
@@ -164,22 +153,14 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
         eigs = [comps.low_eig[i] for i in idx]
         mus = means[ks]
         starts = np.concatenate(([0], np.cumsum([u.shape[1] for u in Us])[:-1]))
-        zmu = Z @ mus.T
-        mu2 = np.einsum("ij,ij->i", mus, mus)
-        if gram is None:
-            proj = Z @ np.concatenate(Us, axis=1)
-            proj -= np.concatenate([mu @ u for mu, u in zip(mus, Us)])[None, :]
-        else:  # (z_i - mu).(z_j - mu) over the support j, times coef = centred projection
-            proj = np.concatenate([
-                (gram[:, rows] - zmu[:, j:j + 1] - zmu[rows, j][None, :] + mu2[j]) @ coef
-                for j, (rows, coef) in enumerate((comps.low_rows[i], comps.low_coef[i]) for i in idx)
-            ], axis=1)
+        proj = Z @ np.concatenate(Us, axis=1)
+        proj -= np.concatenate([mu @ u for mu, u in zip(mus, Us)])[None, :]
         proj *= proj
         a2 = np.add.reduceat(proj, starts, axis=1)
         proj *= 1.0 / np.concatenate(eigs)
         in_span = np.add.reduceat(proj, starts, axis=1)
-        scale = z2[:, None] + mu2[None, :]
-        perp = scale - 2.0 * zmu - a2  # squared distance orthogonal to the span
+        scale = z2[:, None] + np.einsum("ij,ij->i", mus, mus)[None, :]
+        perp = scale - 2.0 * (Z @ mus.T) - a2  # squared distance orthogonal to the span
         maha[:, ks] = np.maximum(perp, 0.0) / reg + in_span
         # where the orthogonal part is small the expansion cancels: recompute it directly
         redo_i, redo_j = np.nonzero(perp < 1e-6 * scale)
@@ -190,10 +171,9 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
 
 
 def _e_step(Z: np.ndarray, weights: np.ndarray, means: np.ndarray, comps: _Components,
-            log_det: np.ndarray, reg: float, gram: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+            log_det: np.ndarray, reg: float) -> tuple[float, np.ndarray]:
     d = Z.shape[1]
-    maha = _mahalanobis(Z, means, comps, reg, gram)
-    wlp = -0.5 * (d * _LOG_2PI + maha) + log_det + np.log(weights)
+    wlp = -0.5 * (d * _LOG_2PI + _mahalanobis(Z, means, comps, reg)) + log_det + np.log(weights)
     norm = logsumexp(wlp, axis=1)
     with np.errstate(under="ignore"):
         log_resp = wlp - norm[:, None]
@@ -220,16 +200,11 @@ def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
     resp = np.zeros((N, n_components))
     resp[np.arange(N), labels] = 1.0
     params = _m_step(Z, resp, reg_covar, weights_by="n")
-    # the Gram matrix pays off when the supports are small (every E-step reuses it); bounded memory
-    gram = None
-    if N <= _GRAM_MAX_N and len(params[2].low_k) >= 0.5 * n_components and Z.shape[1] >= 16:
-        with threadpool_limits(limits=1, user_api="blas"):
-            gram = Z @ Z.T
     lower = -np.inf
     converged = False
     for _ in range(max_iter):
         prev = lower
-        lower, log_resp = _e_step(Z, *params, reg_covar, gram)
+        lower, log_resp = _e_step(Z, *params, reg_covar)
         params = _m_step(Z, np.exp(log_resp), reg_covar, weights_by="sum")
         if abs(lower - prev) < tol:
             converged = True
@@ -237,7 +212,7 @@ def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
     if not converged:
         warnings.warn("nleep: the Gaussian mixture did not converge in "
                       f"{max_iter} EM iterations", UserWarning, stacklevel=2)
-    _, log_resp = _e_step(Z, *params, reg_covar, gram)
+    _, log_resp = _e_step(Z, *params, reg_covar)
     return np.exp(log_resp)
 
 
