@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill", action="store_true", help="also distill with curated vs random sets (first target)")
     ap.add_argument("--teacher", default=str(SHARED / "weights" / "tf_efficientnet_lite2.in1k"))
     ap.add_argument("--student", default=str(SHARED / "weights" / "mobilenetv1_025.in1k"))
-    ap.add_argument("--distill-seeds", default="0", help="seeds of the curated-vs-random distillation (each seed: "
-                    "its own few-shot labeled set = queries, curation and student run)")
+    ap.add_argument("--distill-seeds", type=lambda v: [int(s) for s in v.split(",")], default=None,
+                    help="comma-separated seeds of the curated-vs-random distillation (each seed: its own few-shot "
+                    "labeled set = queries, curation and student run; default: --seed)")
     ap.add_argument("--distill-jobs", type=int, default=1, help="distillation runs side by side")
     ap.add_argument("--distill-config", default=None, help="`transferkit distill` YAML config for those runs")
     ap.add_argument("--test-per-class-distill", type=int, default=None,
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("per_class", {})[t] = r["per_class"]
             if args.distill and t == targets[0]:
                 manifests = {}
-                for seed in (int(s) for s in args.distill_seeds.split(",")):
+                for seed in args.distill_seeds or [args.seed]:
                     if seed == args.seed:
                         manifests[seed] = r["manifests"]
                     else:  # curate again with this seed's labeled set as the queries
