@@ -1,7 +1,7 @@
 """PED (on SFDA and on LogME): dynamics, general features, edge cases.
 
-The reference values of lixiaotong97/PED are NOT reproduced (the upstream code was not available
-to reconstruct; see the module docstring), so the reference comparisons are expected failures.
+The reference values of lixiaotong97/PED are reproduced to 1e-6 on every shared input but one
+(``digits_rrelu256``: a known, bounded gap; see the module docstring).
 """
 
 from __future__ import annotations
@@ -23,10 +23,26 @@ def _blobs(n=200, d=16, c=4, sep=1.0, seed=0):
     return X, y
 
 
+# digits_rrelu256 (random-ReLU features with near-constant dimensions) is the one input the
+# reconstruction does not reproduce to 1e-6: documented in the module docstring and docs.
+_KNOWN_GAP = {"digits_rrelu256.npz": 2e-3}
+
+
+def _reference_params(key: str) -> list:
+    out = []
+    for p in reference_cases(key):
+        fname = p.values[0]
+        marks = list(p.marks)
+        if fname in _KNOWN_GAP:
+            marks.append(pytest.mark.xfail(
+                reason=f"known gap to the reference on {fname} (rel < {_KNOWN_GAP[fname]:g})",
+                strict=True))
+        out.append(pytest.param(*p.values, marks=marks, id=p.id))
+    return out
+
+
 @pytest.mark.shared
-@pytest.mark.parametrize("fname,expected", reference_cases("ped"))
-@pytest.mark.slow
-@pytest.mark.xfail(reason="PED's reference code could not be reconstructed", strict=False)
+@pytest.mark.parametrize("fname,expected", _reference_params("ped"))
 def test_reference_values_sfda(fname, expected):
     d = load_reference_input(fname)
     got = get_estimator("ped", general_features=d.get("G")).score(d["X"], d["y"])
@@ -34,18 +50,26 @@ def test_reference_values_sfda(fname, expected):
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("fname,expected", reference_cases("ped_logme"))
-@pytest.mark.slow
-@pytest.mark.xfail(reason="PED's reference code could not be reconstructed", strict=False)
+@pytest.mark.parametrize("fname,expected", _reference_params("ped_logme"))
 def test_reference_values_logme(fname, expected):
     d = load_reference_input(fname)
     got = get_estimator("ped_logme", general_features=d.get("G")).score(d["X"], d["y"])
     assert got == pytest.approx(expected["ped_logme"], rel=1e-6)
 
 
+@pytest.mark.shared
+@pytest.mark.parametrize("name,key", [("ped", "ped_sfda"), ("ped_logme", "ped_logme")])
+def test_known_gap_stays_small(name, key, reference_expected):
+    """The unexplained deviation on digits_rrelu256 must not grow."""
+    d = load_reference_input("digits_rrelu256.npz")
+    expected = reference_expected["digits_rrelu256.npz"][name]
+    got = get_estimator(name).score(d["X"], d["y"])
+    assert got == pytest.approx(expected[key], rel=_KNOWN_GAP["digits_rrelu256.npz"])
+
+
 def test_energy_declines_and_classes_separate():
     X, y = _blobs()
-    Z0 = ped_features(X, y, exit_ratio=1.0)  # exit at once: standardised features only
+    Z0 = ped_features(X, y, exit_ratio=1.0)  # exit at once: the features are not moved
     Z = ped_features(X, y)
     mu0 = np.stack([Z0[y == c].mean(0) for c in range(4)])
     mu = np.stack([Z[y == c].mean(0) for c in range(4)])
@@ -60,7 +84,7 @@ def test_energy_declines_and_classes_separate():
 def test_no_overlap_means_no_movement():
     X, y = _blobs(sep=50.0)
     Z = ped_features(X, y)
-    np.testing.assert_allclose(Z, (X - X.mean(0)) / X.std(0), atol=1e-12)
+    np.testing.assert_allclose(Z, X, atol=1e-12)
     assert get_estimator("ped").score(X, y) == pytest.approx(sfda_score(Z, y), rel=1e-12)
     assert get_estimator("ped_logme").fit(X, y).components_["ped_logme"] == pytest.approx(
         logme_evidence(Z, y), rel=1e-12)
