@@ -18,6 +18,12 @@ magnitude or more faster (measured: 13x at N=2000, d=161, K=200, with bit-identi
 posteriors); components with broad support use scikit-learn's dense formulas.
 The two representations agree to rounding (the Cholesky factor of scikit-learn's nearly singular
 covariances is itself only accurate to ~cond * eps).
+When most components are low-rank and N <= 10,000, one Gram matrix of the centred samples
+(N^2 d / 2 flops, 8 N^2 bytes) replaces the rest of the large products: the k-means++ seeding reads
+candidate distances from its rows (scikit-learn's draws and choices, `_kmeanspp`), and each E-step
+gets a low-rank component's in-span coordinates from the Gram rows of its m support samples
+(N m^2 instead of N d m flops). Measured at N=5000, d=469, K=500 (one thread): 5.8 s -> 2.8 s,
+posteriors identical on the shared reference inputs.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from ._base import TransferabilityEstimator, register_estimator
+from ._kmeanspp import kmeans_plusplus_indices
 from ._validation import CheckedInputs
 
-__all__ = ["NLEEP", "nleep_score", "gmm_posteriors", "pca_keep_variance"]
+__all__ = ["NLEEP", "nleep_score", "gmm_posteriors", "pca_keep_variance", "use_gram_route"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -49,6 +56,11 @@ class _Components:
         self.low_k: list[int] = []
         self.low_U: list[np.ndarray] = []  # d x m orthonormal basis of the support span
         self.low_eig: list[np.ndarray] = []  # covariance eigenvalues in that span (s^2 + reg)
+        # the same span seen from the Gram matrix: support rows S, mean weights rho (mu = rho @ Z_S)
+        # and Q (m x m'): Q^T [(Z_S - mu)(z - mu)] gives the whitened in-span coordinates of z
+        self.low_rows: list[np.ndarray] = []
+        self.low_rho: list[np.ndarray] = []
+        self.low_Q: list[np.ndarray] = []
         self.empty_k: list[int] = []  # no responsibility at all: covariance reg * I
 
 
@@ -83,9 +95,9 @@ def _low_rank_components(Z: np.ndarray, resp: np.ndarray, nk: np.ndarray, means:
         log_det[k] = -0.5 * d * math.log(reg)
     for m in np.unique(sizes[(2 * sizes <= d) & (sizes > 0)]):
         ks = np.flatnonzero(sizes == m)
-        A = np.stack([(Z[supports[k]] - means[k]) * np.sqrt(resp[supports[k], k] / nk[k])[:, None]
-                      for k in ks])  # (n, m, d)
-        _, s, Vt = np.linalg.svd(A, full_matrices=False)
+        rho = np.stack([resp[supports[k], k] / nk[k] for k in ks])  # (n, m)
+        A = np.stack([(Z[supports[k]] - means[k]) for k in ks]) * np.sqrt(rho)[:, :, None]
+        Ua, s, Vt = np.linalg.svd(A, full_matrices=False)  # A: (n, m, d)
         for i, k in enumerate(ks):
             # directions with s^2 <= 1e-12 reg (e.g. the one removed by centring) have variance
             # reg to 12 digits: they join the isotropic orthogonal complement
@@ -94,6 +106,10 @@ def _low_rank_components(Z: np.ndarray, resp: np.ndarray, nk: np.ndarray, means:
             comps.low_k.append(int(k))
             comps.low_U.append(Vt[i][keep].T)
             comps.low_eig.append(eig)
+            # u_j = A^T Ua_j / s_j: sqrt(s_j^2 / eig_j) (z - mu) . u_j = sum_i Q_ij (z_i - mu).(z - mu)
+            comps.low_rows.append(supports[k])
+            comps.low_rho.append(rho[i])
+            comps.low_Q.append(Ua[i][:, keep] * np.sqrt(rho[i])[:, None] / np.sqrt(eig))
             log_det[k] = -0.5 * ((d - eig.size) * math.log(reg) + np.log(eig).sum())
 
 
@@ -129,7 +145,8 @@ def _exact_low_rank(Z: np.ndarray, rows: np.ndarray, mu: np.ndarray, U: np.ndarr
     return np.einsum("ij,ij->i", r, r) / reg + (a * a / eig).sum(axis=1)
 
 
-def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: float) -> np.ndarray:
+def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: float,
+                 gram: np.ndarray | None = None) -> np.ndarray:
     """Squared Mahalanobis distances (N, K) of every sample to every component."""
     N, d = Z.shape
     maha = np.empty((N, means.shape[0]))
@@ -143,6 +160,9 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
         maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
     low = [i for i, u in enumerate(comps.low_U) if u.shape[1] > 0]
     if not low:
+        return maha
+    if gram is not None:
+        _low_rank_from_gram(gram, Z, means, comps, reg, low, maha)
         return maha
     z2 = np.einsum("ij,ij->i", Z, Z)
     block = max(1, 2048 // max(comps.low_U[i].shape[1] for i in low))
@@ -170,33 +190,100 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
     return maha
 
 
+def _low_rank_from_gram(gram: np.ndarray, Z: np.ndarray, means: np.ndarray, comps: _Components,
+                        reg: float, low: list[int], maha: np.ndarray) -> None:
+    """Low-rank columns of ``maha`` from the Gram matrix of the (centred) samples.
+
+    A component's span is spanned by its m support samples, so the whitened in-span coordinates
+    of every sample need only the dot products with those samples: Gram rows, not an N x d x m
+    product.  ``maha = (|z - mu|^2 - sum_j c_j a_j^2) / reg`` with c_j = s_j^2 / eig_j; where that
+    difference cancels (samples in or near the span) it is recomputed directly.
+    """
+    N = gram.shape[0]
+    gdiag = np.ascontiguousarray(np.diagonal(gram))
+    sizes = np.array([comps.low_rows[i].size for i in low])
+    for m in np.unique(sizes):
+        group = [low[j] for j in np.flatnonzero(sizes == m)]
+        block = max(1, 2048 // int(m))
+        for b0 in range(0, len(group), block):
+            idx = group[b0:b0 + block]
+            g = len(idx)
+            rows = np.stack([comps.low_rows[i] for i in idx])  # (g, m)
+            rho = np.stack([comps.low_rho[i] for i in idx])  # (g, m)
+            Q = np.zeros((g, int(m), int(m)))
+            for j, i in enumerate(idx):
+                Q[j, :, :comps.low_Q[i].shape[1]] = comps.low_Q[i]
+            B = gram[rows.ravel()].reshape(g, int(m), N)  # z_i . z for the support samples
+            t = np.matmul(rho[:, None, :], B)[:, 0, :]  # mu . z
+            g_s = np.einsum("gij,gj->gi", np.take_along_axis(B, rows[:, None, :], axis=2), rho)
+            mm = np.einsum("gi,gi->g", rho, g_s)  # mu . mu
+            B -= t[:, None, :]
+            B -= (g_s - mm[:, None])[:, :, None]  # (z_i - mu) . (z - mu)
+            W = np.matmul(Q.transpose(0, 2, 1), B)  # sqrt(c_j) a_j
+            perp = gdiag[None, :] - 2.0 * t + mm[:, None]  # |z - mu|^2
+            perp -= np.einsum("gjn,gjn->gn", W, W)
+            ks = [comps.low_k[i] for i in idx]
+            maha[:, ks] = np.maximum(perp, 0.0).T / reg
+            scale = gdiag[None, :] + mm[:, None]
+            redo_j, redo_i = np.nonzero(perp < 1e-6 * scale)
+            for j in np.unique(redo_j):
+                i = idx[j]
+                r = redo_i[redo_j == j]
+                maha[r, ks[j]] = _exact_low_rank(Z, r, means[ks[j]], comps.low_U[i],
+                                                 comps.low_eig[i], reg)
+
+
 def _e_step(Z: np.ndarray, weights: np.ndarray, means: np.ndarray, comps: _Components,
-            log_det: np.ndarray, reg: float) -> tuple[float, np.ndarray]:
+            log_det: np.ndarray, reg: float, gram: np.ndarray | None = None
+            ) -> tuple[float, np.ndarray]:
     d = Z.shape[1]
-    wlp = -0.5 * (d * _LOG_2PI + _mahalanobis(Z, means, comps, reg)) + log_det + np.log(weights)
+    wlp = (-0.5 * (d * _LOG_2PI + _mahalanobis(Z, means, comps, reg, gram)) + log_det
+           + np.log(weights))
     norm = logsumexp(wlp, axis=1)
     with np.errstate(under="ignore"):
         log_resp = wlp - norm[:, None]
     return float(np.mean(norm)), log_resp
 
 
+def use_gram_route(n_samples: int, n_features: int, n_components: int) -> bool:
+    """Whether one N x N Gram product pays: most components low-rank, and it fits in memory."""
+    return n_samples <= _GRAM_MAX_SAMPLES and 2 * n_samples <= n_features * n_components
+
+
+_GRAM_MAX_SAMPLES = 10_000  # 800 MB of float64
+
+
 def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
-                   reg_covar: float = 1e-6, tol: float = 1e-3, max_iter: int = 100
-                   ) -> np.ndarray:
+                   reg_covar: float = 1e-6, tol: float = 1e-3, max_iter: int = 100,
+                   gram: bool | None = None) -> np.ndarray:
     """Posteriors p(z|x) of ``GaussianMixture(n_components, 'full', random_state).fit(Z)``.
 
     Same algorithm as scikit-learn (k-means initialisation, EM, stopping rule, final E-step),
     computed with low-rank components where the responsibilities are sparse (see module doc).
+    ``gram`` (None: `use_gram_route`) feeds the k-means++ seeding and the low-rank E-steps from
+    one Gram matrix of the centred samples.
     """
     Z = np.asarray(Z, dtype=np.float64)
-    N = Z.shape[0]
+    N, d = Z.shape
     if n_components > N:
         raise ValueError(f"nleep: {n_components} mixture components need at least as many "
                          f"samples; got {N}")
+    if gram is None:
+        gram = use_gram_route(N, d, n_components)
+    G = None
+    if gram:
+        Zc = Z - Z.mean(axis=0)  # what KMeans clusters (it centres its copy the same way)
+        G = Zc @ Zc.T
     # k-means++ runs many small products: single-threaded BLAS is faster, and deterministic
     with threadpool_limits(limits=1, user_api="blas"):
-        labels = KMeans(n_clusters=n_components, n_init=1,
-                        random_state=np.random.RandomState(random_state)).fit(Z).labels_
+        if gram:
+            seeds = kmeans_plusplus_indices(Zc, G, n_components,
+                                            np.random.RandomState(random_state))
+            kmeans = KMeans(n_clusters=n_components, init=Z[seeds], n_init=1)
+        else:
+            kmeans = KMeans(n_clusters=n_components, n_init=1,
+                            random_state=np.random.RandomState(random_state))
+        labels = kmeans.fit(Z).labels_
     resp = np.zeros((N, n_components))
     resp[np.arange(N), labels] = 1.0
     params = _m_step(Z, resp, reg_covar, weights_by="n")
@@ -204,7 +291,7 @@ def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
     converged = False
     for _ in range(max_iter):
         prev = lower
-        lower, log_resp = _e_step(Z, *params, reg_covar)
+        lower, log_resp = _e_step(Z, *params, reg_covar, G)
         params = _m_step(Z, np.exp(log_resp), reg_covar, weights_by="sum")
         if abs(lower - prev) < tol:
             converged = True
@@ -212,7 +299,7 @@ def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
     if not converged:
         warnings.warn("nleep: the Gaussian mixture did not converge in "
                       f"{max_iter} EM iterations", UserWarning, stacklevel=2)
-    _, log_resp = _e_step(Z, *params, reg_covar)
+    _, log_resp = _e_step(Z, *params, reg_covar, G)
     return np.exp(log_resp)
 
 
