@@ -101,9 +101,11 @@ def _as_probs(source_probs: object, n: int) -> np.ndarray:
         P = P.astype(np.float64)
     if P.shape[0] != n:
         raise ValueError(f"features have {n} rows but source_probs have {P.shape[0]}")
-    sums = P.sum(axis=1, dtype=np.float64)  # also the finiteness check: NaN/inf propagate
+    sums = P.sum(axis=1)  # native dtype (pairwise: ~1e-7 off); also the finiteness check
     if not np.isfinite(sums).all():
-        _raise_non_finite(P, "source_probs")
+        if not np.isfinite(P).all():
+            _raise_non_finite(P, "source_probs")
+        sums = P.sum(axis=1, dtype=np.float64)  # finite but overflowed in float32
     if P.min() < 0:
         raise ValueError(
             "source_probs must be probabilities (non-negative, rows summing to 1); "
