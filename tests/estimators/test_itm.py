@@ -319,3 +319,15 @@ def test_small_data():
         warnings.simplefilter("error")
         est = fit(np.ones((12, 3)), np.repeat([0, 1], 6))
     assert est.components_["itm_eta"] == 0.0 and 0.0 <= est.score_ <= 1.0
+
+
+def test_registry_import_leaves_torch_and_sklearn_unloaded():
+    """torch (ITM) and scikit-learn (NLEEP, PARC) load when those methods run, not on import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from transferkit.estimators import get_estimator, list_estimators; "
+            "list_estimators(); get_estimator('logme'); "
+            "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

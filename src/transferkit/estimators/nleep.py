@@ -34,7 +34,6 @@ import warnings
 import numpy as np
 from scipy import linalg
 from scipy.special import logsumexp
-from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from ._base import TransferabilityEstimator, register_estimator
@@ -268,6 +267,8 @@ def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
     if n_components > N:
         raise ValueError(f"nleep: {n_components} mixture components need at least as many "
                          f"samples; got {N}")
+    from sklearn.cluster import KMeans  # imported here: keeps `import transferkit` light
+
     if gram is None:
         gram = use_gram_route(N, d, n_components)
     G = None

@@ -29,8 +29,6 @@ warning.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ._base import TransferabilityEstimator, register_estimator
@@ -171,6 +169,9 @@ def parc_score(X: np.ndarray, y: np.ndarray, *, n_dims: int = 32, random_state: 
     y = np.asarray(y, dtype=np.int64)
     C = int(y.max()) + 1
     k = safe_n_components(n_dims, X.shape[0], X.shape[1], "parc")
+    from sklearn.decomposition import PCA  # imported here: keeps `import transferkit` light
+    from sklearn.preprocessing import StandardScaler
+
     feats = PCA(n_components=k, svd_solver="randomized", random_state=random_state,
                 iterated_power=1).fit_transform(X)
     feats = StandardScaler().fit_transform(feats)
