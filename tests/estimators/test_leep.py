@@ -106,3 +106,19 @@ def test_bad_inputs(toy):
         get_estimator("leep").score(None, y, source_probs=P[:-1])
     with pytest.raises(TypeError):
         get_estimator("leep", variant="parc")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_valid_probabilities_in_any_float_dtype_and_layout_are_accepted(dtype, order):
+    """Row sums of float16 or column-major probabilities are checked in float64."""
+    rng = np.random.default_rng(0)
+    n, k = 200, 2000
+    logits = rng.normal(size=(n, k))
+    P = np.exp(logits - logits.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    P = np.array(P.astype(dtype), order=order)
+    y = np.arange(n) % 4
+    X = rng.normal(size=(n, 3))
+    for name in ("leep", "nce"):
+        assert np.isfinite(get_estimator(name).score(X, y, source_probs=P))

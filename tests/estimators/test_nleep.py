@@ -10,7 +10,6 @@ from shared_data import load_reference_input, reference_cases
 from sklearn.mixture import GaussianMixture
 
 from transferkit.estimators import get_estimator
-from transferkit.estimators._kmeanspp import kmeans_plusplus_indices
 from transferkit.estimators.nleep import gmm_posteriors, nleep_score, pca_keep_variance
 
 
@@ -32,24 +31,12 @@ def test_reference_values(fname, expected):
 @pytest.mark.shared
 @pytest.mark.parametrize("fname,expected", reference_cases("nleep"))
 def test_gram_route_equals_direct_route(fname, expected):
-    """The Gram-fed seeding and E-steps give the same posteriors as the direct products."""
+    """The Gram-fed E-steps give the same posteriors as the direct products."""
     d = load_reference_input(fname)
     Z = pca_keep_variance(np.asarray(d["X"], dtype=float), 0.8)
     k = 5 * (int(d["y"].max()) + 1)
     np.testing.assert_allclose(gmm_posteriors(Z, k, 0, gram=True),
                                gmm_posteriors(Z, k, 0, gram=False), rtol=1e-9, atol=1e-12)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_gram_kmeans_plusplus_picks_sklearns_centres(seed):
-    from sklearn.cluster import kmeans_plusplus
-
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(400, 30)) + 4 * rng.normal(size=(20, 30))[np.arange(400) % 20]
-    Xc = X - X.mean(axis=0)
-    got = kmeans_plusplus_indices(Xc, Xc @ Xc.T, 40, np.random.RandomState(seed))
-    _, want = kmeans_plusplus(Xc, 40, random_state=np.random.RandomState(seed))
-    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("gram", [False, True])

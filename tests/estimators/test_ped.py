@@ -116,3 +116,35 @@ def test_degenerate_inputs():
     y[0] = 5  # a single-sample class (zero radius)
     for name in ("ped", "ped_logme"):
         assert np.isfinite(get_estimator(name).score(X, y))
+
+
+@pytest.mark.parametrize("params", [
+    {"time_step": -0.1}, {"time_step": float("nan")}, {"nsigma": 0.0}, {"exit_ratio": 1.5},
+    {"exit_ratio": -0.1}, {"max_steps": -1}, {"max_steps": 2.5}, {"nsigma": "0.6"},
+])
+def test_bad_parameters_are_clear_value_errors(params):
+    X, y = _blobs()
+    with pytest.raises(ValueError, match="ped: "):
+        get_estimator("ped", **params).score(X, y)
+
+
+def test_nearly_constant_general_dimensions_are_not_blown_up():
+    """A G column that is constant up to rounding (std ~1e-17) must count as constant."""
+    X, y = _blobs()
+    G = np.random.default_rng(1).normal(size=(300, X.shape[1]))
+    G_exact, G_round = G.copy(), G.copy()
+    G_exact[:, 0] = 0.0
+    G_round[:, 0] = 0.1  # 0.1 is not representable: np.std gives ~1e-17, not 0
+    a = get_estimator("ped", general_features=G_exact).score(X, y)
+    b = get_estimator("ped", general_features=G_round).score(X, y)
+    assert b == pytest.approx(a, rel=1e-9)
+
+
+def test_ped_features_checks_its_inputs():
+    X, y = _blobs()
+    with pytest.raises(ValueError, match="every class present"):
+        ped_features(X, np.where(y == 1, 5, y))  # gapped labels
+    with pytest.raises(ValueError, match="general_features"):
+        ped_features(X, y, X[:1])  # one row: no spread to standardise with
+    with pytest.raises(ValueError, match="general_features"):
+        ped_features(X, y, X[:, :3])

@@ -101,11 +101,15 @@ def _as_probs(source_probs: object, n: int) -> np.ndarray:
         P = P.astype(np.float64)
     if P.shape[0] != n:
         raise ValueError(f"features have {n} rows but source_probs have {P.shape[0]}")
-    sums = P.sum(axis=1)  # native dtype (pairwise: ~1e-7 off); also the finiteness check
-    if not np.isfinite(sums).all():
-        if not np.isfinite(P).all():
-            _raise_non_finite(P, "source_probs")
-        sums = P.sum(axis=1, dtype=np.float64)  # finite but overflowed in float32
+    # also the finiteness check (NaN/inf propagate). Row-contiguous float32/64 rows are summed
+    # pairwise in their own dtype (~1e-7 off, no float64 copy); anything else in float64.
+    native = P.flags.c_contiguous and P.dtype.itemsize >= 4
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = P.sum(axis=1) if native else P.sum(axis=1, dtype=np.float64)
+        if not np.isfinite(sums).all():
+            if not np.isfinite(P).all():
+                _raise_non_finite(P, "source_probs")
+            sums = P.sum(axis=1, dtype=np.float64)  # finite but overflowed in float32
     if P.min() < 0:
         raise ValueError(
             "source_probs must be probabilities (non-negative, rows summing to 1); "

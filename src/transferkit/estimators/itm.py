@@ -50,17 +50,20 @@ __all__ = [
     "stratified_split",
 ]
 
-_TRAINING_NAMES = {"dca_evolve", "_AdamW", "_Psi", "_dca_scale", "_full_split_scale",
-                   "_torch_threads"}
-
-
 def __getattr__(name: str) -> Any:
-    """The training helpers live in `_itm_training` (torch); load them on first access."""
-    if name in _TRAINING_NAMES:
+    """The training loop lives in `_itm_training` (torch): its names load on first access."""
+    if not name.startswith("__"):
         from . import _itm_training
 
-        return getattr(_itm_training, name)
+        if hasattr(_itm_training, name):
+            return getattr(_itm_training, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    from . import _itm_training
+
+    return sorted(set(globals()) | set(dir(_itm_training)))
 
 
 _STANDARDIZE = ("feature", "global", "none")

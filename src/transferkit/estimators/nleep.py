@@ -19,25 +19,22 @@ posteriors); components with broad support use scikit-learn's dense formulas.
 The two representations agree to rounding (the Cholesky factor of scikit-learn's nearly singular
 covariances is itself only accurate to ~cond * eps).
 When most components are low-rank and N <= 10,000, one Gram matrix of the centred samples
-(N^2 d / 2 flops, 8 N^2 bytes) replaces the rest of the large products: the k-means++ seeding reads
-candidate distances from its rows (scikit-learn's draws and choices, `_kmeanspp`), and each E-step
-gets a low-rank component's in-span coordinates from the Gram rows of its m support samples
-(N m^2 instead of N d m flops). Measured at N=5000, d=469, K=500 (one thread): 5.8 s -> 2.8 s,
-posteriors identical on the shared reference inputs.
+(N^2 d / 2 flops, 8 N^2 bytes) feeds the E-steps: a low-rank component's in-span coordinates come
+from the Gram rows of its m support samples (N m^2 instead of N d m flops). The k-means++ seeding
+stays scikit-learn's own (see `gmm_posteriors`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from scipy import linalg
-from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
 from ._base import TransferabilityEstimator, register_estimator
-from ._kmeanspp import kmeans_plusplus_indices
 from ._validation import CheckedInputs
 
 __all__ = ["NLEEP", "nleep_score", "gmm_posteriors", "pca_keep_variance", "use_gram_route"]
@@ -60,6 +57,7 @@ class _Components:
         self.low_rows: list[np.ndarray] = []
         self.low_rho: list[np.ndarray] = []
         self.low_Q: list[np.ndarray] = []
+        self.low_delta: list[float] = []  # 1 - sum(rho): sklearn's nk carries + 10 eps
         self.empty_k: list[int] = []  # no responsibility at all: covariance reg * I
 
 
@@ -105,9 +103,11 @@ def _low_rank_components(Z: np.ndarray, resp: np.ndarray, nk: np.ndarray, means:
             comps.low_k.append(int(k))
             comps.low_U.append(Vt[i][keep].T)
             comps.low_eig.append(eig)
-            # u_j = A^T Ua_j / s_j: sqrt(s_j^2 / eig_j) (z - mu) . u_j = sum_i Q_ij (z_i - mu).(z - mu)
+            # u_j = A^T Ua_j / s_j, hence
+            # sqrt(s_j^2 / eig_j) (z - mu) . u_j = sum_i Q_ij (z_i - mu) . (z - mu)
             comps.low_rows.append(supports[k])
             comps.low_rho.append(rho[i])
+            comps.low_delta.append(float((nk[k] - resp[supports[k], k].sum()) / nk[k]))
             comps.low_Q.append(Ua[i][:, keep] * np.sqrt(rho[i])[:, None] / np.sqrt(eig))
             log_det[k] = -0.5 * ((d - eig.size) * math.log(reg) + np.log(eig).sum())
 
@@ -144,8 +144,22 @@ def _exact_low_rank(Z: np.ndarray, rows: np.ndarray, mu: np.ndarray, U: np.ndarr
     return np.einsum("ij,ij->i", r, r) / reg + (a * a / eig).sum(axis=1)
 
 
+class _CentredGram(NamedTuple):
+    """Gram matrix of the centred samples Zc = Z - center, and Zc @ center."""
+
+    G: np.ndarray
+    center: np.ndarray
+    proj: np.ndarray
+
+    @classmethod
+    def of(cls, Z: np.ndarray) -> _CentredGram:
+        center = Z.mean(axis=0)
+        Zc = Z - center
+        return cls(Zc @ Zc.T, center, Zc @ center)
+
+
 def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: float,
-                 gram: np.ndarray | None = None) -> np.ndarray:
+                 gram: _CentredGram | None = None) -> np.ndarray:
     """Squared Mahalanobis distances (N, K) of every sample to every component."""
     N, d = Z.shape
     maha = np.empty((N, means.shape[0]))
@@ -153,15 +167,18 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
         for k, prec in zip(comps.dense_k, comps.dense_prec):
             y = Z @ prec - means[k] @ prec
             maha[:, k] = np.einsum("ij,ij->i", y, y)
+    if gram is not None:  # low-rank and single-sample (isotropic) components from the Gram rows
+        for k in comps.empty_k:
+            v = Z - means[k]
+            maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
+        _low_rank_from_gram(gram, Z, means, comps, reg, list(range(len(comps.low_k))), maha)
+        return maha
     isotropic = comps.empty_k + [k for k, u in zip(comps.low_k, comps.low_U) if u.shape[1] == 0]
     for k in isotropic:  # covariance reg * I
         v = Z - means[k]
         maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
     low = [i for i, u in enumerate(comps.low_U) if u.shape[1] > 0]
     if not low:
-        return maha
-    if gram is not None:
-        _low_rank_from_gram(gram, Z, means, comps, reg, low, maha)
         return maha
     z2 = np.einsum("ij,ij->i", Z, Z)
     block = max(1, 2048 // max(comps.low_U[i].shape[1] for i in low))
@@ -189,17 +206,21 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
     return maha
 
 
-def _low_rank_from_gram(gram: np.ndarray, Z: np.ndarray, means: np.ndarray, comps: _Components,
-                        reg: float, low: list[int], maha: np.ndarray) -> None:
-    """Low-rank columns of ``maha`` from the Gram matrix of the (centred) samples.
+def _low_rank_from_gram(gram: _CentredGram, Z: np.ndarray, means: np.ndarray,
+                        comps: _Components, reg: float, low: list[int], maha: np.ndarray) -> None:
+    """Low-rank columns of ``maha`` from the Gram matrix of the centred samples.
 
     A component's span is spanned by its m support samples, so the whitened in-span coordinates
     of every sample need only the dot products with those samples: Gram rows, not an N x d x m
     product.  ``maha = (|z - mu|^2 - sum_j c_j a_j^2) / reg`` with c_j = s_j^2 / eig_j; where that
-    difference cancels (samples in or near the span) it is recomputed directly.
+    difference cancels (samples in or near the span) it is recomputed directly.  In the centred
+    frame the mean is ``rho @ Zc_S - delta * center`` (scikit-learn's nk carries + 10 eps, so
+    rho sums to 1 - delta).
     """
-    N = gram.shape[0]
-    gdiag = np.ascontiguousarray(np.diagonal(gram))
+    G, center, e = gram
+    N = G.shape[0]
+    gdiag = np.ascontiguousarray(np.diagonal(G))
+    cc = float(center @ center)
     sizes = np.array([comps.low_rows[i].size for i in low])
     for m in np.unique(sizes):
         group = [low[j] for j in np.flatnonzero(sizes == m)]
@@ -209,17 +230,21 @@ def _low_rank_from_gram(gram: np.ndarray, Z: np.ndarray, means: np.ndarray, comp
             g = len(idx)
             rows = np.stack([comps.low_rows[i] for i in idx])  # (g, m)
             rho = np.stack([comps.low_rho[i] for i in idx])  # (g, m)
+            delta = np.array([comps.low_delta[i] for i in idx])  # (g,)
             Q = np.zeros((g, int(m), int(m)))
             for j, i in enumerate(idx):
                 Q[j, :, :comps.low_Q[i].shape[1]] = comps.low_Q[i]
-            B = gram[rows.ravel()].reshape(g, int(m), N)  # z_i . z for the support samples
-            t = np.matmul(rho[:, None, :], B)[:, 0, :]  # mu . z
+            B = G[rows.ravel()].reshape(g, int(m), N)  # zc_i . zc for the support samples
+            e_s = e[rows]  # zc_i . center
+            t = np.matmul(rho[:, None, :], B)[:, 0, :] - delta[:, None] * e[None, :]  # mu . zc
             g_s = np.einsum("gij,gj->gi", np.take_along_axis(B, rows[:, None, :], axis=2), rho)
-            mm = np.einsum("gi,gi->g", rho, g_s)  # mu . mu
+            g_s -= delta[:, None] * e_s  # zc_i . mu
+            mm = np.einsum("gi,gi->g", rho, g_s) - delta * (np.einsum("gi,gi->g", rho, e_s)
+                                                            - delta * cc)  # mu . mu
             B -= t[:, None, :]
-            B -= (g_s - mm[:, None])[:, :, None]  # (z_i - mu) . (z - mu)
+            B -= (g_s - mm[:, None])[:, :, None]  # (zc_i - mu) . (zc - mu)
             W = np.matmul(Q.transpose(0, 2, 1), B)  # sqrt(c_j) a_j
-            perp = gdiag[None, :] - 2.0 * t + mm[:, None]  # |z - mu|^2
+            perp = gdiag[None, :] - 2.0 * t + mm[:, None]  # |zc - mu|^2
             perp -= np.einsum("gjn,gjn->gn", W, W)
             ks = [comps.low_k[i] for i in idx]
             maha[:, ks] = np.maximum(perp, 0.0).T / reg
@@ -232,13 +257,21 @@ def _low_rank_from_gram(gram: np.ndarray, Z: np.ndarray, means: np.ndarray, comp
                                                  comps.low_eig[i], reg)
 
 
+def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    """``scipy.special.logsumexp(a, axis=1)`` without its overhead (0.2 s at 5000 x 500)."""
+    top = a.max(axis=1)
+    top[~np.isfinite(top)] = 0.0  # an all -inf row stays -inf
+    with np.errstate(divide="ignore", under="ignore"):
+        return np.log(np.exp(a - top[:, None]).sum(axis=1)) + top
+
+
 def _e_step(Z: np.ndarray, weights: np.ndarray, means: np.ndarray, comps: _Components,
-            log_det: np.ndarray, reg: float, gram: np.ndarray | None = None
+            log_det: np.ndarray, reg: float, gram: _CentredGram | None = None
             ) -> tuple[float, np.ndarray]:
     d = Z.shape[1]
     wlp = (-0.5 * (d * _LOG_2PI + _mahalanobis(Z, means, comps, reg, gram)) + log_det
            + np.log(weights))
-    norm = logsumexp(wlp, axis=1)
+    norm = _logsumexp_rows(wlp)
     with np.errstate(under="ignore"):
         log_resp = wlp - norm[:, None]
     return float(np.mean(norm)), log_resp
@@ -259,8 +292,8 @@ def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
 
     Same algorithm as scikit-learn (k-means initialisation, EM, stopping rule, final E-step),
     computed with low-rank components where the responsibilities are sparse (see module doc).
-    ``gram`` (None: `use_gram_route`) feeds the k-means++ seeding and the low-rank E-steps from
-    one Gram matrix of the centred samples.
+    ``gram`` (None: `use_gram_route`) feeds the low-rank E-steps from one Gram matrix of the
+    centred samples.
     """
     Z = np.asarray(Z, dtype=np.float64)
     N, d = Z.shape
@@ -271,20 +304,15 @@ def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
 
     if gram is None:
         gram = use_gram_route(N, d, n_components)
-    G = None
-    if gram:
-        Zc = Z - Z.mean(axis=0)  # what KMeans clusters (it centres its copy the same way)
-        G = Zc @ Zc.T
-    # k-means++ runs many small products: single-threaded BLAS is faster, and deterministic
+    # k-means++ runs many small products: single-threaded BLAS is faster, and deterministic.
+    # The seeding stays scikit-learn's own: its candidate potentials tie exactly in symmetric
+    # cases, and Gram-matrix distances (equal up to the last bit) can break such ties the other
+    # way, which changes the clustering.
     with threadpool_limits(limits=1, user_api="blas"):
-        if gram:
-            seeds = kmeans_plusplus_indices(Zc, G, n_components,
-                                            np.random.RandomState(random_state))
-            kmeans = KMeans(n_clusters=n_components, init=Z[seeds], n_init=1)
-        else:
-            kmeans = KMeans(n_clusters=n_components, n_init=1,
-                            random_state=np.random.RandomState(random_state))
+        kmeans = KMeans(n_clusters=n_components, n_init=1,
+                        random_state=np.random.RandomState(random_state))
         labels = kmeans.fit(Z).labels_
+    G = _CentredGram.of(Z) if gram else None  # centred: far less cancellation than raw Z
     resp = np.zeros((N, n_components))
     resp[np.arange(N), labels] = 1.0
     params = _m_step(Z, resp, reg_covar, weights_by="n")

@@ -26,6 +26,7 @@ is unknown.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,24 @@ __all__ = ["PED", "PEDLogME", "ped_features"]
 
 def _standardization(X: np.ndarray, G: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     ref = X if G is None else G
-    std = ref.std(axis=0)
-    std[std == 0] = 1.0  # constant dimensions (as sklearn's StandardScaler)
-    return ref.mean(axis=0), std
+    mean = ref.mean(axis=0)
+    var = ref.var(axis=0)
+    # constant dimensions, to rounding (scikit-learn's StandardScaler rule): leave them unscaled
+    n, eps = ref.shape[0], np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    return mean, np.where(constant, 1.0, np.sqrt(var))
+
+
+def _check_dynamics(time_step: float, nsigma: float, exit_ratio: float, max_steps: int) -> None:
+    for name, v in (("time_step", time_step), ("nsigma", nsigma)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not (
+                math.isfinite(v) and v > 0):
+            raise ValueError(f"ped: {name} must be a finite number > 0; got {v!r}")
+    if isinstance(exit_ratio, bool) or not isinstance(exit_ratio, (int, float, np.number)) or not (
+            0.0 <= exit_ratio <= 1.0):
+        raise ValueError(f"ped: exit_ratio must be in [0, 1]; got {exit_ratio!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
+        raise ValueError(f"ped: max_steps must be an integer >= 0; got {max_steps!r}")
 
 
 def _elastic_force(mu: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, float]:
@@ -60,13 +76,31 @@ def _elastic_force(mu: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, float
 def ped_features(X: np.ndarray, y: np.ndarray, general_features: np.ndarray | None = None, *,
                  time_step: float = 0.1, nsigma: float = 0.6, exit_ratio: float = 0.5,
                  max_steps: int = 6) -> np.ndarray:
-    """``X`` with every class shifted as the potential-energy dynamics move it (in X's own scale)."""
+    """``X`` with every class shifted as the potential-energy dynamics move it (in X's own scale).
+
+    ``y`` holds labels 0..C-1 (every class present); ``general_features`` (M x D, M >= 2), when
+    given, supply the standardisation statistics.
+    """
+    _check_dynamics(time_step, nsigma, exit_ratio, max_steps)
     X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.int64)
+    y = np.asarray(y)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(f"ped: need X (N, D) and y (N,); got {X.shape} and {y.shape}")
+    if y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0:
+        raise ValueError("ped: y must hold integer labels 0..C-1")
+    counts = np.bincount(y).astype(np.float64)
+    if np.any(counts == 0):
+        raise ValueError("ped: y must hold labels 0..C-1 with every class present "
+                         f"(missing: {np.flatnonzero(counts == 0)[:5].tolist()})")
+    if general_features is not None:
+        general_features = np.asarray(general_features, dtype=np.float64)
+        if general_features.ndim != 2 or general_features.shape[1] != X.shape[1] or (
+                general_features.shape[0] < 2):
+            raise ValueError(f"ped: general_features must be (M >= 2, {X.shape[1]}); "
+                             f"got {general_features.shape}")
     mean, std = _standardization(X, general_features)
     Xs = (X - mean) / std
-    C = int(y.max()) + 1
-    counts = np.bincount(y, minlength=C).astype(np.float64)
+    C = counts.size
     mu = class_sums(Xs, y, C) / counts[:, None]
     spread = np.bincount(y, weights=np.einsum("ij,ij->i", Xs - mu[y], Xs - mu[y]), minlength=C)
     radius = nsigma * np.sqrt(spread / counts)
@@ -96,9 +130,9 @@ class _PEDBase(TransferabilityEstimator):
         G = p["general_features"]
         if G is not None:
             G = _as_feature_matrix(G, name="general_features")
-            if G.shape[1] != data.n_features:
-                raise ValueError(f"{self.name}: general_features have {G.shape[1]} dimensions, "
-                                 f"features have {data.n_features}")
+            if G.shape[1] != data.n_features or G.shape[0] < 2:
+                raise ValueError(f"{self.name}: general_features must have at least 2 rows and "
+                                 f"{data.n_features} dimensions (as the features); got {G.shape}")
         Z = ped_features(data.X, data.y, G, time_step=p["time_step"], nsigma=p["nsigma"],
                          exit_ratio=p["exit_ratio"], max_steps=p["max_steps"])
         value = sfda_score(Z, data.y) if self._inner == "SFDA" else logme_evidence(Z, data.y)
