@@ -23,9 +23,8 @@ def _one_blas_thread():
         yield
 KEYS = ("ncti_seli", "ncti_ncc", "ncti_vc")
 
-# On these inputs the reference LDA acted as scikit-learn's eigen solver with the shrinkage below
-# (found by root-finding; the rule that produced it upstream is unknown).  With that shrinkage we
-# reproduce all three components; with the default (no shrinkage) they differ by 1e-4 .. 2e-1.
+# The shrinkage that upstream's rule gives on the digits inputs (found first by root-finding the
+# reference values, then recovered as exp(-sum of the top 32 explained variances)).
 UPSTREAM_SHRINKAGE = {
     "digits_raw.npz": 0.010695923682336746,
     "digits_rproj96.npz": 0.0010376605206696672,
@@ -33,7 +32,6 @@ UPSTREAM_SHRINKAGE = {
     "digits_blurrelu128.npz": 0.0016438125358133357,
     "digits_noisy.npz": 3.309053850342123e-08,
 }
-UNMATCHED = {"digits_raw.npz", "digits_rproj96.npz", "digits_rrelu256.npz", "digits_blurrelu128.npz"}
 
 
 def _components(X, y, **params):
@@ -41,28 +39,29 @@ def _components(X, y, **params):
     return {"ncti_seli": est.score_, **est.components_}
 
 
-@pytest.mark.filterwarnings("ignore:ncti. within-class scatter is singular")
 @pytest.mark.parametrize(("fname", "expected"), reference_cases("ncti"))
 def test_reference_values(fname, expected):
     d = load_reference_input(fname)
     out = _components(d["X"], d["y"])
-    assert out["ncti_seli"] == pytest.approx(expected["score"], rel=RTOL if fname not in UNMATCHED else 0.2)
-    if fname in UNMATCHED:  # documented gap: same method, different (unknown) shrinkage
-        for k in KEYS:
-            assert out[k] == pytest.approx(expected[k], rel=0.2)
-        return
+    assert out["ncti_seli"] == pytest.approx(expected["score"], rel=RTOL)
     for k in KEYS:
         assert out[k] == pytest.approx(expected[k], rel=RTOL), k
 
 
 @pytest.mark.parametrize("fname", sorted(UPSTREAM_SHRINKAGE))
-def test_reference_values_with_upstream_shrinkage(fname, reference_expected):
+def test_upstream_shrinkage_rule(fname):
     d = load_reference_input(fname)
-    expected = reference_expected[fname]["ncti"]
-    out = _components(d["X"], d["y"], shrinkage=UPSTREAM_SHRINKAGE[fname])
-    rtol = 1e-5 if fname == "digits_rproj96.npz" else RTOL  # rank-deficient: PCA null space noise
-    for k in KEYS:
-        assert out[k] == pytest.approx(expected[k], rel=rtol), k
+    est = get_estimator("ncti").fit(d["X"], d["y"])
+    assert est.components_["ncti_shrinkage"] == pytest.approx(UPSTREAM_SHRINKAGE[fname], rel=1e-8)
+
+
+def test_fixed_shrinkage_overrides_the_rule():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 80)), np.arange(300) % 3
+    a = get_estimator("ncti", shrinkage=0.0).fit(X, y)
+    b = get_estimator("ncti", shrinkage=0.2).fit(X, y)
+    assert a.components_["ncti_shrinkage"] == 0.0 and b.components_["ncti_shrinkage"] == 0.2
+    assert a.score_ != b.score_
 
 
 @pytest.mark.parametrize("fname", reference_error_files("ncti"))
@@ -148,8 +147,10 @@ def test_singular_within_class_scatter_warns_and_is_finite():
     y = np.repeat(np.arange(3), 30)
     X = np.c_[rng.normal(size=(90, 5)), np.zeros((90, 70))]  # rank 5 features, D = 75 >= 64
     with pytest.warns(UserWarning, match="singular"):
-        out = _components(X, y)
+        out = _components(X, y, shrinkage=0.0)  # unshrunk: LDA restricted to the range
     assert all(math.isfinite(v) for v in out.values())
+    out = _components(X, y)  # upstream's rule shrinks (exp(-5) here): regular, no warning
+    assert all(math.isfinite(v) for v in out.values()) and out["ncti_shrinkage"] > 1e-3
 
 
 def test_single_sample_class_and_n_below_d():
