@@ -39,6 +39,7 @@ def _components(X, y, **params):
     return {"ncti_seli": est.score_, **est.components_}
 
 
+@pytest.mark.filterwarnings("ignore:ncti. within-class scatter is singular")
 @pytest.mark.parametrize(("fname", "expected"), reference_cases("ncti"))
 def test_reference_values(fname, expected):
     d = load_reference_input(fname)
@@ -48,6 +49,7 @@ def test_reference_values(fname, expected):
         assert out[k] == pytest.approx(expected[k], rel=RTOL), k
 
 
+@pytest.mark.filterwarnings("ignore:ncti. within-class scatter is singular")
 @pytest.mark.parametrize("fname", sorted(UPSTREAM_SHRINKAGE))
 def test_upstream_shrinkage_rule(fname):
     d = load_reference_input(fname)
@@ -149,7 +151,8 @@ def test_singular_within_class_scatter_warns_and_is_finite():
     with pytest.warns(UserWarning, match="singular"):
         out = _components(X, y, shrinkage=0.0)  # unshrunk: LDA restricted to the range
     assert all(math.isfinite(v) for v in out.values())
-    out = _components(X, y)  # upstream's rule shrinks (exp(-5) here): regular, no warning
+    with pytest.warns(UserWarning, match="shrinkage"):
+        out = _components(X, y)  # upstream's rule shrinks (about exp(-5) here)
     assert all(math.isfinite(v) for v in out.values()) and out["ncti_shrinkage"] > 1e-3
 
 
@@ -167,3 +170,20 @@ def test_bad_params():
         get_estimator("ncti", shrinkage=1.5).score(np.eye(4), [0, 0, 1, 1])
     with pytest.raises(TypeError, match="unknown parameter"):
         get_estimator("ncti", n_dims=32)
+
+
+def test_singular_scatter_with_the_shrinkage_rule_warns():
+    """Few-shot data: the rule regularises a singular scatter, and the user is told."""
+    rng = np.random.default_rng(7)
+    y = np.repeat(np.arange(40), 2)  # 2 samples per class: within-class rank 40 < 64
+    X = rng.normal(size=(80, 120)) * 0.4
+    with pytest.warns(UserWarning, match="singular.*shrinkage"):
+        out = _components(X, y)
+    assert all(math.isfinite(v) for v in out.values())
+
+
+@pytest.mark.parametrize("bad", [True, "auto", float("nan"), -0.1, 1.5])
+def test_bad_shrinkage_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="shrinkage"):
+        get_estimator("ncti", shrinkage=bad).score(np.random.default_rng(0).normal(size=(40, 70)),
+                                                   np.arange(40) % 2)

@@ -132,3 +132,10 @@ def test_std_floor_limits_near_constant_dimensions():
     floored = get_estimator("ped").score(X, y)
     unfloored = get_estimator("ped", min_std=1e-12).score(X, y)
     assert np.isfinite(floored) and floored != unfloored
+
+
+@pytest.mark.parametrize("bad", [True, 0.0, -1e-3, float("inf"), 1j])
+def test_bad_min_std_is_a_clear_error(bad):
+    X, y = _blobs()
+    with pytest.raises(ValueError, match="min_std"):
+        get_estimator("ped", min_std=bad).score(X, y)

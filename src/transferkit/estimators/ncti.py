@@ -169,6 +169,16 @@ def _lda(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float):
     Mc = (means - xbar) * np.sqrt(priors)[:, None]
     Sb_eff = Mc.T @ Mc  # = St - Sw
     if shrinkage > 0.0:
+        w0 = linalg.eigvalsh(Sw)
+        rank = int(np.sum(w0 > max(w0[-1], 0.0) * 1e-12 * d))
+        if rank < d:
+            warnings.warn(
+                f"ncti: within-class scatter is singular after PCA (rank {rank} of {d}); the "
+                f"shrinkage (s = {shrinkage:.3g}) regularises it, which makes the components "
+                "depend on the feature scale (tiny s: LDA restricted to the range)",
+                UserWarning,
+                stacklevel=4,
+            )
         # sklearn shrinks every class covariance, and St, towards (trace / d) * I
         St = Sw + Sb_eff
         Sw = (1.0 - shrinkage) * Sw + shrinkage * (np.trace(Sw) / d) * np.eye(d)
@@ -177,7 +187,7 @@ def _lda(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float):
     # whiten with Sw (restricted to its numerical range when singular), then diagonalise Sb
     w, U = linalg.eigh(Sw)
     keep = w > max(w[-1], 0.0) * 1e-12 * d
-    if not keep.all():
+    if not keep.all() and shrinkage == 0.0:
         warnings.warn(
             f"ncti: within-class scatter is singular after PCA (rank {int(keep.sum())} of {d}); "
             "LDA is restricted to its range",
@@ -215,6 +225,8 @@ def upstream_shrinkage(Xp: np.ndarray, n_top: int = _SHRINKAGE_TOP) -> float:
     it): scikit-learn's ``explained_variance_[:32]`` of the 64-component PCA. ``Xp`` holds the
     centred PCA scores, most variant first.
     """
+    if n_top < 1:
+        raise ValueError(f"ncti: n_top must be >= 1; got {n_top!r}")
     n = Xp.shape[0]
     top = Xp[:, : min(n_top, Xp.shape[1])]
     return float(np.exp(-np.einsum("ij,ij->", top, top) / max(n - 1, 1)))
@@ -270,10 +282,11 @@ class NCTI(TransferabilityEstimator):
         shrinkage = self.params["shrinkage"]
         if shrinkage != "ncti":
             if isinstance(shrinkage, (str, bool)) or not isinstance(
-                    shrinkage, (int, float, np.number)) or not 0.0 <= float(shrinkage) <= 1.0:
+                    shrinkage, (int, float, np.floating, np.integer)) or not (
+                    0.0 <= float(shrinkage) <= 1.0):
                 raise ValueError(f"ncti: shrinkage must be 'ncti' (upstream's rule) or a number "
                                  f"in [0, 1]; got {shrinkage!r}")
-            shrinkage = float(shrinkage)
+            shrinkage = float(shrinkage) + 0.0  # -0.0 -> 0.0
         k = safe_n_components(
             int(self.params["n_components"]), data.n_samples, data.n_features, "ncti"
         )
