@@ -158,6 +158,11 @@ def pca_transform(X: np.ndarray, n_components: int, random_state: int = 0) -> np
 
 _SHRINKAGE_TOP = 32  # upstream sums the first 32 of the 64 explained variances
 
+def _numerical_rank(w: np.ndarray) -> int:
+    """Rank of a symmetric PSD matrix from its ascending eigenvalues ``w``."""
+    return int(np.sum(w > max(w[-1], 0.0) * 1e-12 * w.size))
+
+
 # -- LDA (scikit-learn LinearDiscriminantAnalysis semantics) -------------------------------------
 def _lda(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float):
     """Discriminant directions (d x r, Sw-orthonormal, most discriminative first), means, priors."""
@@ -169,8 +174,7 @@ def _lda(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float):
     Mc = (means - xbar) * np.sqrt(priors)[:, None]
     Sb_eff = Mc.T @ Mc  # = St - Sw
     if shrinkage > 0.0:
-        w0 = linalg.eigvalsh(Sw)
-        rank = int(np.sum(w0 > max(w0[-1], 0.0) * 1e-12 * d))
+        rank = _numerical_rank(linalg.eigvalsh(Sw))
         if rank < d:
             warnings.warn(
                 f"ncti: within-class scatter is singular after PCA (rank {rank} of {d}); the "
@@ -186,7 +190,7 @@ def _lda(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float):
         Sb_eff = St - Sw
     # whiten with Sw (restricted to its numerical range when singular), then diagonalise Sb
     w, U = linalg.eigh(Sw)
-    keep = w > max(w[-1], 0.0) * 1e-12 * d
+    keep = np.arange(d) >= d - _numerical_rank(w)
     if not keep.all() and shrinkage == 0.0:
         warnings.warn(
             f"ncti: within-class scatter is singular after PCA (rank {int(keep.sum())} of {d}); "

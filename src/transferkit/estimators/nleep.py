@@ -169,16 +169,15 @@ def _mahalanobis(Z: np.ndarray, means: np.ndarray, comps: _Components, reg: floa
         for k, prec in zip(comps.dense_k, comps.dense_prec):
             y = Z @ prec - means[k] @ prec
             maha[:, k] = np.einsum("ij,ij->i", y, y)
-    if gram is not None:  # low-rank and single-sample (isotropic) components from the Gram rows
-        for k in comps.empty_k:
-            v = Z - means[k]
-            maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
-        _low_rank_from_gram(gram, Z, means, comps, reg, list(range(len(comps.low_k))), maha)
-        return maha
-    isotropic = comps.empty_k + [k for k, u in zip(comps.low_k, comps.low_U) if u.shape[1] == 0]
-    for k in isotropic:  # covariance reg * I
+    isotropic = list(comps.empty_k)  # covariance reg * I
+    if gram is None:  # (the Gram route also serves single-sample components)
+        isotropic += [k for k, u in zip(comps.low_k, comps.low_U) if u.shape[1] == 0]
+    for k in isotropic:
         v = Z - means[k]
         maha[:, k] = np.einsum("ij,ij->i", v, v) / reg
+    if gram is not None:
+        _low_rank_from_gram(gram, Z, means, comps, reg, list(range(len(comps.low_k))), maha)
+        return maha
     low = [i for i, u in enumerate(comps.low_U) if u.shape[1] > 0]
     if not low:
         return maha
@@ -311,9 +310,8 @@ def gmm_posteriors(Z: np.ndarray, n_components: int, random_state: int = 0, *,
     # cases, and Gram-matrix distances (equal up to the last bit) can break such ties the other
     # way, which changes the clustering.
     with threadpool_limits(limits=1, user_api="blas"):
-        kmeans = KMeans(n_clusters=n_components, n_init=1,
-                        random_state=np.random.RandomState(random_state))
-        labels = kmeans.fit(Z).labels_
+        labels = KMeans(n_clusters=n_components, n_init=1,
+                        random_state=np.random.RandomState(random_state)).fit(Z).labels_
     G = _CentredGram.of(Z) if gram else None  # centred: far less cancellation than raw Z
     resp = np.zeros((N, n_components))
     resp[np.arange(N), labels] = 1.0

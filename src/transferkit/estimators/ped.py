@@ -47,13 +47,16 @@ def _standardization(X: np.ndarray, G: np.ndarray | None, min_std: float
     return ref.mean(axis=0), np.maximum(ref.std(axis=0), min_std)
 
 
-def _check_dynamics(time_step: float, nsigma: float, exit_ratio: float, max_steps: int) -> None:
-    for name, v in (("time_step", time_step), ("nsigma", nsigma)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not (
-                math.isfinite(v) and v > 0):
+def _is_real(v: object) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.floating, np.integer))
+
+
+def _check_dynamics(time_step: float, nsigma: float, exit_ratio: float, max_steps: int,
+                    min_std: float) -> None:
+    for name, v in (("time_step", time_step), ("nsigma", nsigma), ("min_std", min_std)):
+        if not (_is_real(v) and math.isfinite(v) and v > 0):
             raise ValueError(f"ped: {name} must be a finite number > 0; got {v!r}")
-    if isinstance(exit_ratio, bool) or not isinstance(exit_ratio, (int, float, np.floating, np.integer)) or not (
-            0.0 <= exit_ratio <= 1.0):
+    if not (_is_real(exit_ratio) and 0.0 <= exit_ratio <= 1.0):
         raise ValueError(f"ped: exit_ratio must be in [0, 1]; got {exit_ratio!r}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
         raise ValueError(f"ped: max_steps must be an integer >= 0; got {max_steps!r}")
@@ -79,10 +82,7 @@ def ped_features(X: np.ndarray, y: np.ndarray, general_features: np.ndarray | No
     ``y`` holds labels 0..C-1 (every class present); ``general_features`` (M x D, M >= 2), when
     given, supply the standardisation statistics.
     """
-    _check_dynamics(time_step, nsigma, exit_ratio, max_steps)
-    if isinstance(min_std, bool) or not isinstance(min_std, (int, float, np.floating, np.integer)) \
-            or not (math.isfinite(min_std) and min_std > 0):
-        raise ValueError(f"ped: min_std must be a finite number > 0; got {min_std!r}")
+    _check_dynamics(time_step, nsigma, exit_ratio, max_steps, min_std)
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],):
@@ -129,11 +129,8 @@ class _PEDBase(TransferabilityEstimator):
     def _score(self, data: CheckedInputs, random_state: int) -> dict[str, float]:
         p = self.params
         G = p["general_features"]
-        if G is not None:
+        if G is not None:  # finite 2-D float matrix; ped_features checks its shape
             G = _as_feature_matrix(G, name="general_features")
-            if G.shape[1] != data.n_features or G.shape[0] < 2:
-                raise ValueError(f"{self.name}: general_features must have at least 2 rows and "
-                                 f"{data.n_features} dimensions (as the features); got {G.shape}")
         Z = ped_features(data.X, data.y, G, time_step=p["time_step"], nsigma=p["nsigma"],
                          exit_ratio=p["exit_ratio"], max_steps=p["max_steps"],
                          min_std=p["min_std"])
