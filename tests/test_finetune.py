@@ -20,6 +20,7 @@ from transferkit.finetune import (
     ground_truth_pairs,
     load_image_tensors,
     read_ground_truth_rows,
+    records_path,
     run_dir,
 )
 
@@ -65,10 +66,17 @@ def test_grid_best_over_epochs_and_csv(data_dir: Path, tmp_path: Path) -> None:
     assert len(rows) == 1 and rows[0]["model"] == "test_efficientnet" and rows[0]["dataset"] == "toy"
     assert float(rows[0]["accuracy"]) == pytest.approx(res.accuracy, abs=1e-3)
     assert rows[0]["epochs"] == "2" and rows[0]["lrs"] == "0.001 0.003"
+    rec = np.load(records_path(out, "test_efficientnet", "toy"))
+    assert rec["predictions"].shape == (2, 2, 12) and rec["labels"].shape == (12,)
+    correct = (rec["predictions"] == rec["labels"]).mean(axis=2) * 100  # (grid point, epoch)
+    assert np.allclose(correct, [h["history"] for h in res.histories])
+    assert correct.max() == pytest.approx(res.accuracy)
+    assert rec["lrs"].tolist() == [1e-3, 3e-3] and list(rec["classes"]) == ["class0", "class1", "class2"]
 
 
 def test_kill_and_resume_gives_the_same_result(data_dir: Path, tmp_path: Path) -> None:
-    ref = finetune(tiny_config(data_dir, tmp_path / "ref"))
+    ref_cfg = tiny_config(data_dir, tmp_path / "ref")
+    ref = finetune(ref_cfg)
 
     class Killed(Exception):
         pass
@@ -85,6 +93,8 @@ def test_kill_and_resume_gives_the_same_result(data_dir: Path, tmp_path: Path) -
     res = finetune(cfg, on_epoch=lambda p, e, a: seen.append((p, e)))
     assert seen == [(1, 2)]  # finished point and epoch are not recomputed
     assert [h["history"] for h in res.histories] == [h["history"] for h in ref.histories]
+    for i in range(2):  # per-image predictions survive the kill too
+        assert np.array_equal(np.load(run_dir(cfg) / f"point{i}.npy"), np.load(run_dir(ref_cfg) / f"point{i}.npy"))
     assert not (run_dir(cfg) / "checkpoint.pt").exists()
     seen.clear()
     again = finetune(cfg, on_epoch=lambda p, e, a: seen.append((p, e)))  # everything done: no training

@@ -10,7 +10,7 @@
 from .config import PAPER_LRS, PAPER_WEIGHT_DECAYS, FinetuneConfig
 from .groundtruth import append_ground_truth, ground_truth_by_dataset, ground_truth_pairs, read_ground_truth_rows
 from .images import ImageTensors, augment_batch, load_image_tensors, normalize_batch
-from .run import FinetuneResult, finetune, run_dir
+from .run import FinetuneResult, finetune, records_path, run_dir
 from .train import evaluate, train_grid_point
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "load_image_tensors",
     "normalize_batch",
     "read_ground_truth_rows",
+    "records_path",
     "run_dir",
     "train_grid_point",
 ]

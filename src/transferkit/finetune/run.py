@@ -1,8 +1,14 @@
 """``finetune``: the ground-truth protocol for one (model, dataset) pair, resumable and seeded.
 
 Run state lives in ``<work_dir>/runs/<model>__<dataset>-<identity>/``: ``state.json`` (finished grid
-points and their per-epoch accuracies, written atomically) and ``checkpoint.pt`` (the grid point in
-progress, saved after every epoch). The identity hashes every option that changes the result, so a new
+points and their per-epoch accuracies, written atomically), ``point<i>.npy`` (the predicted class of every
+test image after every epoch of finished grid point ``i``) and ``checkpoint.pt`` (the grid point in
+progress, saved after every epoch).
+
+Per-image records: with ``cfg.output`` (a ground-truth CSV), the predictions of every grid point and epoch
+are also written to ``<csv folder>/<csv stem>_predictions/<model>__<dataset>.npz`` (see
+:func:`records_path`), so the ground truth can be recomputed on resampled test sets with the selection over
+epochs and grid inside the resampling (``transferkit bench`` bootstraps it). The identity hashes every option that changes the result, so a new
 budget never resumes a stale run. The decoded images are cached in ``<work_dir>/images/``.
 """
 
@@ -15,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data import open_dataset
 from ..models import PREPROCESS_KEYS, ModelEntry, resolve_model
-from ..reporting import atomic_write_text
+from ..features import atomic_savez
+from ..reporting import atomic_write, atomic_write_text
 from .config import FinetuneConfig
 from .groundtruth import append_ground_truth
 from .images import load_image_tensors
@@ -28,7 +36,7 @@ from .train import EpochCallback, TrainContext, train_grid_point
 # zoo-entry options that matter for fine-tuning (the head size is ours; layer/batch size are extraction options)
 _MODEL_OPTIONS = frozenset(PREPROCESS_KEYS) | {"model_args", "pretrained"}
 
-__all__ = ["FinetuneResult", "finetune", "init_head", "resolve_device", "run_dir"]
+__all__ = ["FinetuneResult", "finetune", "init_head", "records_path", "resolve_device", "run_dir"]
 
 
 @dataclass
@@ -75,6 +83,12 @@ def _slug(s: str) -> str:
 def run_dir(cfg: FinetuneConfig) -> Path:
     """Folder of the resumable state of this configuration."""
     return Path(cfg.work_dir) / "runs" / f"{_slug(cfg.display_model)}__{_slug(cfg.display_dataset)}-{cfg.identity()}"
+
+
+def records_path(ground_truth_csv: str | Path, model: str, dataset: str) -> Path:
+    """Where the per-image records of one (model, dataset) pair live, next to its ground-truth CSV."""
+    csv = Path(ground_truth_csv)
+    return csv.parent / f"{csv.stem}_predictions" / f"{_slug(model)}__{_slug(dataset)}.npz"
 
 
 def init_head(model: torch.nn.Module, how: str) -> None:
@@ -160,7 +174,7 @@ def finetune(cfg: FinetuneConfig, *, on_epoch: EpochCallback | None = None) -> F
     state.update(n_train=len(train), n_test=len(test), img_size=size, spec=rm.spec)
     base = None
     for i, (lr, wd) in enumerate(cfg.grid):
-        if state["points"].get(str(i), {}).get("done"):
+        if state["points"].get(str(i), {}).get("done") and (rdir / f"point{i}.npy").exists():
             continue
         if base is None:
             torch.manual_seed(cfg.seed)  # the new head starts from the same weights at every grid point
@@ -169,7 +183,8 @@ def finetune(cfg: FinetuneConfig, *, on_epoch: EpochCallback | None = None) -> F
                 raise ValueError(f"{cfg.model}: could not give the model a {num_classes}-class head")
             init_head(base, cfg.head_init)
         desc = f"{name} lr={lr:g} wd={wd:g} [{i + 1}/{len(cfg.grid)}]"
-        history, secs = train_grid_point(base, i, lr, wd, cfg, ctx, ckpt, on_epoch=on_epoch, desc=desc)
+        history, secs, preds = train_grid_point(base, i, lr, wd, cfg, ctx, ckpt, on_epoch=on_epoch, desc=desc)
+        atomic_write(rdir / f"point{i}.npy", lambda fh, a=preds.numpy(): np.save(fh, a))
         state["points"][str(i)] = {"lr": lr, "weight_decay": wd, "history": history, "seconds": secs, "done": True}
         atomic_write_text(state_path, json.dumps(state, indent=1, default=str))
         ckpt.unlink(missing_ok=True)
@@ -186,6 +201,11 @@ def finetune(cfg: FinetuneConfig, *, on_epoch: EpochCallback | None = None) -> F
                             histories[bi]["weight_decay"], be, histories, sum(h["seconds"] for h in histories),
                             len(train), len(test), size, str(device), rm.spec, cfg.budget())
     if cfg.output:
+        preds = np.stack([np.load(rdir / f"point{i}.npy") for i in range(len(cfg.grid))])
+        atomic_savez(records_path(cfg.output, cfg.display_model, cfg.display_dataset),
+                     predictions=preds.astype(np.int16), labels=ctx.test.labels.numpy().astype(np.int16),
+                     lrs=np.array([g[0] for g in cfg.grid]), weight_decays=np.array([g[1] for g in cfg.grid]),
+                     classes=np.array(train_ds.classes), test_fingerprint=np.array(test_ds.fingerprint()))
         row = result.row()
         row["spec"] = relative_spec(rm.spec, Path(cfg.output).resolve().parent)
         append_ground_truth(cfg.output, row)

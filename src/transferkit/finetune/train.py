@@ -25,7 +25,7 @@ from ..reporting import atomic_torch_save
 from .config import FinetuneConfig
 from .images import ImageTensors, augment_batch, normalize_batch
 
-__all__ = ["EpochCallback", "TrainContext", "evaluate", "train_grid_point"]
+__all__ = ["EpochCallback", "TrainContext", "evaluate", "predict", "train_grid_point"]
 
 EpochCallback = Callable[[int, int, float], None]  # (grid point index, epoch (1-based), test accuracy %)
 
@@ -73,23 +73,30 @@ def _param_groups(model: nn.Module, lr: float, wd: float, head_scale: float) -> 
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: ImageTensors, ctx: TrainContext, batch_size: int) -> float:
-    """Top-1 accuracy (percent) of ``model`` on ``data``."""
+def predict(model: nn.Module, data: ImageTensors, ctx: TrainContext, batch_size: int) -> torch.Tensor:
+    """Predicted class of every image of ``data`` (int16, in ``data``'s order)."""
     model.eval()
-    correct = 0
+    out = torch.empty(len(data), dtype=torch.int16)
     for s in range(0, len(data), batch_size):
         x = normalize_batch(data.batch(slice(s, s + batch_size)), ctx.mean, ctx.std).to(ctx.device)
         with _autocast(ctx):
             logits = model(x)
-        correct += int((logits.argmax(1).cpu() == data.labels[s:s + batch_size]).sum())
-    return 100.0 * correct / max(1, len(data))
+        out[s:s + batch_size] = logits.argmax(1).cpu().to(torch.int16)
+    return out
+
+
+def evaluate(model: nn.Module, data: ImageTensors, ctx: TrainContext, batch_size: int) -> float:
+    """Top-1 accuracy (percent) of ``model`` on ``data``."""
+    pred = predict(model, data, ctx, batch_size)
+    return 100.0 * int((pred.long() == data.labels).sum()) / max(1, len(data))
 
 
 def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cfg: FinetuneConfig,
                      ctx: TrainContext, checkpoint: Path, *, on_epoch: EpochCallback | None = None,
-                     desc: str = "") -> tuple[list[float], float]:
+                     desc: str = "") -> tuple[list[float], float, torch.Tensor]:
     """Fine-tune a copy of ``base_model`` at (lr, wd) for ``cfg.epochs`` epochs, resuming from ``checkpoint``
-    when it belongs to this grid point. Returns (test accuracy after each epoch, seconds spent in total)."""
+    when it belongs to this grid point. Returns (test accuracy after each epoch, seconds spent in total,
+    the predicted class of every test image after each epoch: ``(epochs, n_test)`` int16)."""
     model = copy.deepcopy(base_model).to(ctx.device)
     opt = torch.optim.AdamW(_param_groups(model, lr, wd, cfg.head_lr_scale), lr=lr, weight_decay=wd)
     n, bs = len(ctx.train), cfg.batch_size
@@ -102,15 +109,18 @@ def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cf
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "fp16")
     history: list[float] = []
+    predictions: list[torch.Tensor] = []
     seconds = 0.0
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=ctx.device, weights_only=True)
-        if int(state["point"]) == point:
+        # a checkpoint of another grid point, or one without per-image records, is not resumed
+        if int(state["point"]) == point and "predictions" in state:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             history, seconds = [float(a) for a in state["history"]], float(state["seconds"])
+            predictions = list(state["predictions"].cpu())
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     from tqdm.auto import tqdm
 
@@ -137,16 +147,20 @@ def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cf
                 scaler.update()
                 sched.step()
                 bar.update(1)
-            acc = evaluate(model, ctx.test, ctx, cfg.eval_batch_size)
+            pred = predict(model, ctx.test, ctx, cfg.eval_batch_size)
+            acc = 100.0 * int((pred.long() == ctx.test.labels).sum()) / max(1, len(ctx.test))
             history.append(acc)
+            predictions.append(pred)
             seconds += time.perf_counter() - t0
             bar.set_postfix(acc=f"{acc:.2f}", best=f"{max(history):.2f}", loss=f"{loss.item():.3f}")
             atomic_torch_save({"point": point, "lr": lr, "weight_decay": wd, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                "scaler": scaler.state_dict(), "history": history, "seconds": seconds},
+                                "scaler": scaler.state_dict(), "history": history, "seconds": seconds,
+                                "predictions": torch.stack(predictions)},
                                checkpoint)
             if on_epoch is not None:
                 on_epoch(point, epoch + 1, acc)
     finally:
         bar.close()
-    return history, seconds
+    return history, seconds, torch.stack(predictions) if predictions else torch.empty(0, len(ctx.test),
+                                                                                      dtype=torch.int16)
