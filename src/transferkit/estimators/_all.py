@@ -22,6 +22,7 @@ _MODULES = (
     "etran",
     "ncti",
     "itm",
+    "linear_probe",
 )
 
 for _name in _MODULES:
