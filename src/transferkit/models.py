@@ -597,15 +597,19 @@ def make_feature_fn(model: nn.Module, layer: str | None = None,
 # ------------------------------------------------------------------------------------------------
 ENTRY_OPTIONS = frozenset(PREPROCESS_KEYS) | {"layer", "batch_size", "pretrained", "model_args", "num_classes",
                                              "drop_background", "precision"}
+INFO_KEYS = ("imagenet_top1",)  # facts about a model (ModelEntry.info), not options
 
 
 @dataclass
 class ModelEntry:
-    """One model of a zoo: display ``name``, ``spec`` string and per-model ``options``."""
+    """One model of a zoo: display ``name``, ``spec`` string, per-model ``options`` and facts about the
+    model that change nothing it computes (``info``: e.g. ``imagenet_top1``, the source accuracy the
+    benchmark's ``source_accuracy`` baseline ranks by; kept out of ``options`` so cache keys are unchanged)."""
 
     name: str
     spec: str
     options: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: str | ModelEntry, name: str | None = None) -> ModelEntry:
@@ -693,6 +697,7 @@ def zoo_entries(items: Any, base: Path, where: str = "zoo",
             raise ValueError(f"{where}: model entry {item!r} has no 'model' (or arch/checkpoint)")
         spec = _rebase(str(spec), base)
         name = str(item.pop("name", None) or default_model_name(spec))
+        info = {k: _percent(item.pop(k), f"{where}: model {name!r}: {k}") for k in INFO_KEYS if k in item}
         unknown = set(item) - ENTRY_OPTIONS
         if unknown:
             raise ValueError(f"{where}: model {name!r}: unknown option(s) {sorted(unknown)}; "
@@ -700,8 +705,14 @@ def zoo_entries(items: Any, base: Path, where: str = "zoo",
         if name in seen:
             raise ValueError(f"{where}: duplicate model name {name!r}")
         seen.add(name)
-        entries.append(ModelEntry(name, spec, {**defaults, **item}))
+        entries.append(ModelEntry(name, spec, {**defaults, **item}, info))
     return entries
+
+
+def _percent(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= float(v) <= 100:
+        raise ValueError(f"{where} must be a number in [0, 100] (a top-1 accuracy in %), got {v!r}")
+    return float(v)
 
 
 def _rebase(spec: str, base: Path) -> str:
