@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from transferkit.data import open_dataset
 from transferkit.distill import AugRecipe, StageConfig, Trainer, ViewRenderer
 from transferkit.distill.data import StepPlan, ViewDataset, fresh_view_policy
 from transferkit.distill.models import FinetuneModule
-from transferkit.distill.trainer import LoopSettings
+from transferkit.distill.trainer import LoopSettings, load_checkpoint
 from distill_fixtures import *  # noqa: F401,F403 - fixtures
 
 RENDER = {"input_size": (3, 8, 8), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
@@ -55,7 +57,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_data, tiny_n
     vds, mod = _setup(tiny_data, tiny_net)
     with pytest.raises(KeyboardInterrupt):
         _fit(vds, mod, tmp_path / "run", fail_at=5)  # dies in step 5; the last checkpoint is at step 4
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 4  # plain types only
     vds, mod2 = _setup(tiny_data, tiny_net, seed=1)  # a new process, other weights: the checkpoint restores them
     _, res = _fit(vds, mod2, tmp_path / "run")
     assert res.resumed_from == 4
@@ -64,6 +66,42 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_data, tiny_n
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # steps redone after the crash are logged once
     assert (tmp_path / "run" / "metrics.csv").read_text().startswith("stage,step,loss")
+
+
+def _to_format_1(path):
+    """Rewrite a checkpoint the way transferkit <= 0.1 wrote it: numpy/python RNG states as pickled tuples."""
+    ck = torch.load(path, weights_only=True)
+    npr, pyr = ck.pop("numpy_rng"), ck.pop("python_rng")
+    ck.pop("format")
+    ck["numpy_rng"] = (npr["kind"], npr["keys"].numpy().astype(np.uint32), npr["pos"], npr["has_gauss"],
+                       npr["cached_gaussian"])
+    ck["python_rng"] = (pyr["version"], tuple(pyr["internal"]), pyr["gauss_next"])
+    torch.save(ck, path)
+
+
+def test_old_checkpoint_still_resumes_and_a_code_running_one_is_refused(tmp_path, tiny_data, tiny_net):
+    vds, ref_mod = _setup(tiny_data, tiny_net)
+    _fit(vds, ref_mod, tmp_path / "ref")
+    vds, mod = _setup(tiny_data, tiny_net)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(vds, mod, tmp_path / "run", fail_at=5)
+    ck_path = tmp_path / "run" / "checkpoint.pt"
+    _to_format_1(ck_path)
+    with pytest.raises(pickle.UnpicklingError):  # the old file needs numpy's array reconstruction...
+        torch.load(ck_path, weights_only=True)
+    vds, mod2 = _setup(tiny_data, tiny_net, seed=1)
+    _, res = _fit(vds, mod2, tmp_path / "run")  # ...which load_checkpoint allows, and nothing more
+    assert res.resumed_from == 4
+    for k, v in _params(ref_mod).items():
+        assert torch.allclose(v, mod2.state_dict()[k], atol=1e-6), k
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this would run on load",))
+
+    torch.save({"step": 1, "model": {}, "hook": RunsCode()}, ck_path)
+    with pytest.raises(ValueError, match="refusing to resume from a checkpoint that needs code to load"):
+        load_checkpoint(ck_path)
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, tiny_data, tiny_net):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..reporting import temp_file_beside
 from .runner import BenchmarkResult, DatasetResult
 
 __all__ = ["METRIC_LABELS", "plot_all", "plot_heatmap", "plot_score_vs_accuracy", "plot_time_vs_metric"]
@@ -41,7 +41,7 @@ def _plt() -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    fd, tmp = temp_file_beside(path, ".png")  # 0o666 & ~umask, not 0600
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=130, bbox_inches="tight", metadata={"Software": None})

@@ -9,7 +9,6 @@ package and handles timm's "same"-padding convolutions at a fixed resolution.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from ..reporting import temp_file_beside
 
 __all__ = ["export_onnx", "onnx_predict", "verify_onnx"]
 
@@ -35,7 +36,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int],
     dev = next(model.parameters()).device
     model_cpu = model.to("cpu").float()
     x = torch.zeros(2, 3, *input_size)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)  # 0o666 & ~umask, not 0600
     os.close(fd)
     try:
         with warnings.catch_warnings():

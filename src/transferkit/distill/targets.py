@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import uuid
 import warnings
@@ -39,7 +37,7 @@ from torch import nn
 
 from ..data import CorruptImageWarning
 from ..features.distributed import DistContext
-from ..reporting import atomic_write_text
+from ..reporting import atomic_write, atomic_write_text
 from .data import ViewDataset, make_loader
 from .views import make_view
 
@@ -78,14 +76,7 @@ class CacheStats:
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, arr))  # umask mode; disk full -> one-line OutputWriteError
 
 
 class TeacherFeatureStore:

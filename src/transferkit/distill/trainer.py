@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,67 @@ from .data import StepPlan, ViewDataset, make_loader
 
 __all__ = ["LoopSettings", "MetricsLogger", "TrainResult", "Trainer", "atomic_torch_save", "autocast",
            "seed_everything"]
+
+
+CHECKPOINT_FORMAT = 2  # 2: resume state in plain types that torch.load(weights_only=True) accepts
+
+
+def rng_state() -> dict[str, Any]:
+    """torch, numpy and python RNG states as tensors, lists, ints, floats and strings only, so that a
+    checkpoint loads with ``torch.load(weights_only=True)`` (no pickled classes, no code run on load)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python_rng": {"version": int(version), "internal": [int(v) for v in internal],
+                       "gauss_next": None if gauss_next is None else float(gauss_next)},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (also the numpy tuple / python tuple of format-1 checkpoints)."""
+    torch.set_rng_state(state["torch_rng"])
+    npr = state["numpy_rng"]
+    if isinstance(npr, dict):
+        npr = (npr["kind"], np.asarray(npr["keys"], dtype=np.int64).astype(np.uint32), npr["pos"],
+               npr["has_gauss"], npr["cached_gaussian"])
+    np.random.set_state(npr)
+    pyr = state["python_rng"]
+    if isinstance(pyr, dict):
+        pyr = (pyr["version"], tuple(pyr["internal"]), pyr["gauss_next"])
+    random.setstate(pyr)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True``: a tampered run folder cannot run code.
+
+    Format-1 checkpoints (numpy RNG state pickled as an array) are still read: only numpy's array
+    reconstruction is allow-listed for them. Anything else that needs more is refused with one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: refusing to resume from a checkpoint that needs code to load "
+                         "(weights_only=True failed); delete it to start this stage over, or use resume=False"
+                         ) from exc
+
+
+def _numpy_array_globals() -> list[Any]:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    out: list[Any] = [_reconstruct, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        out.append(dtypes.UInt32DType)
+    return out
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -224,15 +286,14 @@ class Trainer:
     def _save(self, step: int, elapsed: float, opt: torch.optim.Optimizer, sched: Any, scaler: Any) -> None:
         if self.ctx.is_main:
             atomic_torch_save({
-                "step": step, "elapsed": elapsed, "digest": self.digest, "stage": self.name,
-                "model": self.module.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                "format": CHECKPOINT_FORMAT, "step": step, "elapsed": elapsed, "digest": self.digest,
+                "stage": self.name, "model": self.module.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), **rng_state(),
             }, self.checkpoint_path)
         self.ctx.barrier()
 
     def _load(self, opt: torch.optim.Optimizer, sched: Any, scaler: Any) -> tuple[int, float, dict[str, Any]]:
-        ck = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(self.checkpoint_path)
         if self.digest and ck.get("digest") and ck["digest"] != self.digest:
             raise ValueError(f"{self.checkpoint_path} belongs to a run with a different configuration "
                              f"(digest {ck['digest']} != {self.digest}); use another out_dir or resume=False")
@@ -265,9 +326,7 @@ class Trainer:
                              num_workers=s.num_workers, pin_memory=dev.type == "cuda")
         batches = iter(loader)  # draws its worker seed from the torch RNG: restore the saved RNG after this
         if rng is not None:
-            torch.set_rng_state(rng["torch_rng"])
-            np.random.set_state(rng["numpy_rng"])
-            random.setstate(rng["python_rng"])
+            set_rng_state(rng)
         bar = _bar(s.progress and ctx.is_main, self.steps, start, self.name)
         t0 = time.perf_counter()
         last: dict[str, float] = {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from ..data import CorruptImageError, ImageDataset
 from ..features import atomic_savez
+from ..reporting import temp_file_beside
 
 __all__ = ["ImageTensors", "augment_batch", "load_image_tensors", "normalize_batch"]
 
@@ -92,7 +92,7 @@ def load_image_tensors(ds: ImageDataset, size: int, interpolation: str = "bicubi
     tmp = None
     if arr is not None:
         arr.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=arr.parent, prefix=f".{arr.name}.", suffix=".tmp")
+        fd, tmp = temp_file_beside(arr)  # 0o666 & ~umask, not 0600
         os.close(fd)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
     else:
