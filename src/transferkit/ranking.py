@@ -42,6 +42,7 @@ class MethodResult:
     seconds: float
     error: str | None = None
     components: dict[str, dict[str, float]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # model -> why this method left it out
 
     def ranking(self) -> list[tuple[str, float]]:
         return sorted(self.scores.items(), key=lambda kv: -kv[1])
@@ -110,6 +111,7 @@ def rank_zoo(
                                                             f"missing for {', '.join(lacking)}"))
             continue
         t0 = time.perf_counter()
+        failed: dict[str, str] = {}  # one bad model must not lose the method for the others
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")
@@ -118,11 +120,16 @@ def rank_zoo(
                     # only methods that read P see it: a bad P must not fail LogME & co.
                     source_probs={z.name: z.P for z in zoo} if est.needs_source_probs else None,
                     random_state=random_state,
+                    on_error=lambda model, exc: failed.__setitem__(model, str(exc)),
                 )
         except (ValueError, ArithmeticError) as exc:  # one method failing must not lose the others
-            out.append(MethodResult(method, {}, time.perf_counter() - t0, error=str(exc)))
+            out.append(MethodResult(method, {}, time.perf_counter() - t0, error=str(exc), failed=failed))
             continue
-        out.append(MethodResult(method, scores, time.perf_counter() - t0))
+        error = None
+        if not scores:  # every model failed: one reason if they share it
+            reasons = sorted(set(failed.values()))
+            error = reasons[0] if len(reasons) == 1 else "; ".join(f"{m}: {r}" for m, r in failed.items())
+        out.append(MethodResult(method, scores, time.perf_counter() - t0, error=error, failed=failed))
     return out
 
 

@@ -104,8 +104,12 @@ def test_bad_source_probs_fail_only_the_methods_that_read_them(zoo_files, tmp_pa
     res = CliRunner().invoke(main, ["rank", *map(str, paths.values()), "--methods", "logme,leep",
                                     "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert "leep: skipped" in res.output and "sum to 1" in res.output
-    assert "logme  (" in res.output
+    # the bad file is named, and LEEP still scores the two good models
+    assert "leep: left out model 'ok'" in res.output and "sum to 1" in res.output
+    assert "leep  (" in res.output and "logme  (" in res.output
+    payload = json.loads((tmp_path / "o" / "scores.json").read_text())
+    assert set(payload["methods"]["leep"]["scores"]) == {"good", "bad"}
+    assert set(payload["methods"]["logme"]["scores"]) == {"good", "ok", "bad"}
 
 
 def test_ground_truth_with_several_datasets_needs_a_choice(zoo_files, tmp_path):

@@ -6,6 +6,7 @@ Sub-commands are imported lazily so that `transferkit estimators` does not pay f
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import click
 
@@ -34,10 +35,27 @@ class _LazyGroup(click.Group):
         return importlib.import_module(f"{__name__}.{mod}").command
 
 
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+EXAMPLES = """\b
+Examples:
+  transferkit rank --demo                      # rank a built-in demo zoo, no downloads
+  transferkit extract -m resnet18,local-dir:weights/mobilenetv2_100.in1k -d my_data.zip --out feats/
+  transferkit rank feats/*.npz --methods logme,leep,sfda --gt accuracies.csv
+  transferkit COMMAND --help                   # options and examples of one command
+
+\b
+Short options mean the same in every command: -m --models, -d --data, -o --out, -c --config,
+-b --batch-size, -q --quiet, -v --verbose; lists are comma-separated or repeated.
+"""
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             invoke_without_command=True, epilog=EXAMPLES)
 @click.version_option(package_name="transferkit")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """transferkit: rank pre-trained models for your data, and distill foundation models."""
+    if ctx.invoked_subcommand is None:  # bare `transferkit`: the overview, exit 0
+        click.echo(ctx.get_help())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,14 +1,29 @@
-"""`transferkit rank`: score a model zoo on one dataset with several estimators."""
+"""`transferkit rank`: score a model zoo on one dataset with several estimators.
+
+Order of work: parse and validate every input (methods, output folder, ground truth, feature files,
+model names) -> extract features (if --models/--zoo) -> score -> print -> write. Anything that can be
+wrong with the inputs fails in one line before minutes of extraction or scoring.
+"""
 
 from __future__ import annotations
 
-import sys
+import math
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..ranking import DEFAULT_METHODS, MethodResult, ZooFeatures, load_feature_file, rank_zoo, read_ground_truth
 from ..reporting import format_table, write_csv, write_json
+from ._common import check_output_dir, deprecation, note, readable_warnings, split_list, verbosity_options
+
+EXAMPLES = """\b
+Examples:
+  transferkit rank --demo
+  transferkit rank feats/*.npz --methods logme,sfda,etran --gt accuracies.csv --out results/
+  transferkit rank -m local-dir:../shared/weights/mobilenetv2_100.in1k,local-dir:../shared/weights/mobilenetv1_025.in1k \\
+      -d ../shared/data/dtd10/dtd10.zip --split train --per-class 40 --methods logme,leep
+"""
 
 
 def _split_methods(value: str) -> list[str]:
@@ -16,125 +31,282 @@ def _split_methods(value: str) -> list[str]:
 
     if value.strip().lower() == "all":
         return list_estimators()
-    methods = [m.strip() for m in value.split(",") if m.strip()]
+    methods = split_list(value)
     known = set(list_estimators())
     unknown = [m for m in methods if m.lower().replace("-", "_") not in known]
     if unknown:
-        raise click.BadParameter(f"unknown method(s) {unknown}; see `transferkit estimators`")
+        raise click.BadParameter(f"unknown method(s) {unknown}; see `transferkit estimators`",
+                                 param_hint="--methods")
+    if not methods:
+        raise click.BadParameter("no method given", param_hint="--methods")
     return methods
 
 
-def _extracted_zoo(models: tuple[str, ...], zoo_file: str | None, data: str, split: str | None,
-                   cache: str, per_class: int | None, seed: int, device: str) -> list[ZooFeatures]:
+def _looks_like_methods(values: list[str]) -> bool:
+    """True when every value of -m is an estimator name: the old meaning of `rank -m` (--methods)."""
+    from ..estimators import list_estimators
+
+    known = set(list_estimators()) | {"all"}
+    return bool(values) and all(v.lower().replace("-", "_") in known for v in values)
+
+
+def _model_names(models: list[str], zoo_file: str | None) -> list[str]:
+    """Display names of the models to extract, known before anything is loaded."""
+    from ..models import ModelEntry, read_zoo
+
+    try:
+        entries = read_zoo(zoo_file) if zoo_file else [ModelEntry.from_spec(m) for m in models]
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise click.ClickException(f"{zoo_file}: {exc}") from exc
+    return [e.name for e in entries]
+
+
+def check_ground_truth(gt: dict[str, float], path: str) -> None:
+    """Reject accuracies that cannot be right: not finite, negative, above 100, or a mix of percent
+    (above 1) and fraction (at most 1) values in one file (90 and 0.8 would give a regret of 89.2)."""
+    bad = {m: a for m, a in gt.items() if not math.isfinite(a) or a < 0 or a > 100}
+    if bad:
+        m, a = next(iter(bad.items()))
+        raise click.ClickException(f"{path}: accuracy {a:g} of model {m!r} is not a number in [0, 100]")
+    percent = {m: a for m, a in gt.items() if a > 1}
+    fraction = {m: a for m, a in gt.items() if a <= 1}
+    if percent and fraction:
+        (mp, ap), (mf, af) = max(percent.items(), key=lambda kv: kv[1]), min(fraction.items(), key=lambda kv: kv[1])
+        raise click.ClickException(
+            f"{path}: accuracies mix percent and fraction scales ({mp}={ap:g} but {mf}={af:g}); "
+            "write all of them as percent (0-100) or all as fractions (0-1)")
+
+
+def _check_gt_covers(gt: dict[str, float], names: list[str], path: str) -> None:
+    missing = [n for n in names if n not in gt]
+    if missing:
+        raise click.ClickException(
+            f"{path}: no accuracy for model(s) {', '.join(missing)} (it has {', '.join(sorted(gt))})")
+
+
+def _check_shapes(z: ZooFeatures, source: str) -> None:
+    """One model's file must be self-consistent before anything is scored."""
+    X, y = np.asarray(z.X), np.asarray(z.y)
+    if X.ndim != 2:
+        raise click.ClickException(f"{source}: X must be 2-D (N x D), got shape {X.shape}")
+    if len(y) != len(X):
+        raise click.ClickException(f"{source}: X has {len(X)} rows but y has {len(y)} labels")
+    if z.P is not None and len(z.P) != len(X):
+        raise click.ClickException(f"{source}: X has {len(X)} rows but P has {len(z.P)}")
+
+
+def _extracted_zoo(models: list[str], zoo_file: str | None, data: str, split: str | None, cache: str,
+                   per_class: int | None, sample_seed: int, device: str, batch_size: int,
+                   workers: int | None, strict: bool, chunk_size: int | None,
+                   progress: bool) -> list[ZooFeatures]:
+    from ..data import CorruptImageError
     from ..features import extract_zoo
 
     spec: list[str] | str = zoo_file if zoo_file else list(models)
-    sets = extract_zoo(spec, data, split=split, cache_dir=cache, per_class=per_class, seed=seed,
-                       device=device, progress=True)
+    extra = {"chunk_size": chunk_size} if chunk_size else {}
+    try:
+        sets = extract_zoo(spec, data, split=split, cache_dir=cache, per_class=per_class, seed=sample_seed,
+                           device=device, batch_size=batch_size, num_workers=workers, strict=strict,
+                           progress=progress, **extra)
+    except (CorruptImageError, FileNotFoundError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
     return [ZooFeatures(name, fs.features, fs.labels, fs.probs) for name, fs in sets.items()]
 
 
-def _print_results(results: list[MethodResult]) -> None:
-    models = sorted({m for r in results for m in r.scores})
+# -- printing (small functions: the rank report can replace them) ----------------------------------------
+def print_left_out(results: list[MethodResult], sources: dict[str, str]) -> None:
+    """One line per model a method could not score, grouped when several methods left it out alike."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for r in results:
+        if r.error:
+            continue
+        for model, reason in r.failed.items():
+            grouped.setdefault((model, reason), []).append(r.method)
+    for (model, reason), methods in grouped.items():
+        where = f" ({sources[model]})" if model in sources and sources[model] != model else ""
+        click.echo(f"{', '.join(methods)}: left out model {model!r}{where}: {reason}", err=True)
+
+
+def print_results(results: list[MethodResult]) -> None:
     for r in results:
         if r.error:
             click.echo(f"\n{r.method}: skipped - {r.error}")
             continue
         rows = [{"rank": i + 1, "model": m, "score": s} for i, (m, s) in enumerate(r.ranking())]
-        click.echo(f"\n{r.method}  ({r.seconds:.2f} s for {len(models)} models)")
+        click.echo(f"\n{r.method}  ({r.seconds:.2f} s for {len(r.scores)} models)")
         click.echo(format_table(rows, precision=4))
 
 
-@click.command("rank")
+def print_metrics(metric_rows: list[dict], gt_path: str) -> None:
+    click.echo("\nrank metrics against " + gt_path)
+    shown = ["method", "weighted_tau_scipy", "weighted_tau_itm", "kendall_tau", "spearman_rho",
+             "pearson_r", "top1_relative_accuracy", "regret", "seconds"]
+    click.echo(format_table(metric_rows, columns=[c for c in shown if metric_rows and c in metric_rows[0]],
+                            precision=3))
+    click.echo("(all metrics, including Model-Spider's weighted-tau convention, in metrics.csv)")
+
+
+def print_next_steps(demo: bool, out: Path) -> None:
+    """After the main job: what to run on one's own data."""
+    if not demo:
+        return
+    click.echo(
+        "\nnext, on your own data (a folder or zip of <split>/<class>/<image>):\n"
+        "  transferkit extract -m MODEL1,MODEL2 -d my_data.zip --split train --per-class 40 --out feats/\n"
+        "  transferkit rank feats/*.npz --methods logme,leep,sfda --out results/\n"
+        "  (or in one step: transferkit rank -m MODEL1,MODEL2 -d my_data.zip --split train)\n"
+        "MODEL is a timm name (downloads when online) or local-dir:<folder> with config.json + weights;\n"
+        f"the demo's own feature files are in {out / 'demo_zoo'} (transferkit rank {out / 'demo_zoo'}/*.npz).")
+
+
+@click.command("rank", epilog=EXAMPLES)
 @click.argument("features", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--methods", "-m", default=",".join(DEFAULT_METHODS), show_default=True,
-              help="Comma-separated estimator names, or 'all'.")
+@click.option("--methods", default=None, metavar="LIST",
+              help=f"Comma-separated estimator names, or 'all' (default: {','.join(DEFAULT_METHODS)}).")
 @click.option("--gt", "gt_path", type=click.Path(dir_okay=False),
-              help="Ground-truth CSV (model, accuracy[, dataset]) -> rank metrics.")
+              help="Ground-truth CSV (model, accuracy[, dataset]) -> rank metrics; checked before any work.")
 @click.option("--gt-dataset", help="Use only rows of this dataset from the ground-truth CSV.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="transferkit_rank",
-              show_default=True, help="Directory for scores.csv / scores.json / metrics.csv.")
-@click.option("--seed", default=0, show_default=True, help="random_state passed to every estimator.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="transferkit_rank",
+              show_default=True, help="Folder for scores.csv / scores.json / metrics.csv (checked writable first).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="random_state of every estimator (k-means, random projections, ITM's training). "
+                   "Does not change which images are used: see --sample-seed.")
 @click.option("--demo", is_flag=True, help="Rank the embedded demo zoo (no files or network needed).")
-@click.option("--models", multiple=True, help="Extract features of these models (with --data).")
+@click.option("--models", "-m", multiple=True, metavar="SPECS",
+              help="Extract features of these models with --data (repeat or comma-separate): timm name, "
+                   "local-dir:<folder>, <arch>@<checkpoint>. (Old spelling `-m logme,leep` for --methods "
+                   "still works, with a note.)")
 @click.option("--zoo", "zoo_file", type=click.Path(dir_okay=False), help="Zoo YAML (with --data).")
-@click.option("--data", help="Dataset to extract features from (folder, zip, csv, npz, idx).")
-@click.option("--split", default=None, help="Dataset split to use with --data (e.g. train).")
-@click.option("--per-class", type=int, default=None, help="Stratified subsample per class with --data.")
+@click.option("--data", "-d", help="Dataset to extract features from (folder, zip, csv, npz, idx).")
+@click.option("--split", default=None, help="Dataset split to use with --data (e.g. train; default train if "
+              "present, else all).")
+@click.option("--per-class", type=int, default=None, help="Stratified subsample: at most N images per class "
+              "with --data.")
+@click.option("--sample-seed", default=0, show_default=True, type=int,
+              help="Seed of the --per-class image subsample (and of the demo zoo's data).")
 @click.option("--cache", default=".transferkit_cache", show_default=True, help="Feature cache directory.")
-@click.option("--device", default="auto", show_default=True)
-def command(features: tuple[str, ...], methods: str, gt_path: str | None, gt_dataset: str | None,
+@click.option("--device", default="auto", show_default=True,
+              help="Feature extraction device: auto, cpu, cuda, cuda:1, mps.")
+@click.option("--batch-size", "-b", default=64, show_default=True, type=int, help="Extraction batch size.")
+@click.option("--workers", type=int, default=None, help="DataLoader workers (default: by device and cores).")
+@click.option("--chunk-size", type=int, default=None,
+              help="Images per cache chunk (an interrupted extraction resumes from the last chunk).")
+@click.option("--strict", is_flag=True, help="Stop on the first unreadable image instead of skipping it.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@verbosity_options
+def command(features: tuple[str, ...], methods: str | None, gt_path: str | None, gt_dataset: str | None,
             out_dir: str, seed: int, demo: bool, models: tuple[str, ...], zoo_file: str | None,
-            data: str | None, split: str | None, per_class: int | None, cache: str, device: str) -> None:
-    """Rank models by transferability from FEATURES (.npz files with X, y[, P]).
+            data: str | None, split: str | None, per_class: int | None, sample_seed: int, cache: str,
+            device: str, batch_size: int, workers: int | None, chunk_size: int | None, strict: bool,
+            no_progress: bool, quiet: bool, verbose: bool) -> None:
+    """Rank models by transferability from FEATURES (.npz files with X, y[, P]), from features extracted
+    here (--models/--zoo with --data), or of the built-in --demo zoo.
 
     The model name is the file stem. All files must hold the same target images in the same order.
     """
-    method_list = list(dict.fromkeys(m.lower().replace("-", "_") for m in _split_methods(methods)))
+    model_list = split_list(models)
+    if model_list and methods is None and _looks_like_methods(model_list):
+        deprecation("`rank -m` now means --models in every command; read as --methods "
+                    f"{','.join(model_list)} (spell it --methods)")
+        methods, model_list = ",".join(model_list), []
+    method_list = list(dict.fromkeys(m.lower().replace("-", "_")
+                                     for m in _split_methods(methods or ",".join(DEFAULT_METHODS))))
+    if (model_list or zoo_file) and not data:
+        raise click.UsageError("--models/--zoo need --data")
+    if data and not (model_list or zoo_file):
+        raise click.UsageError("--data needs --models or --zoo")
+    if model_list and zoo_file:
+        raise click.UsageError("give either --models or --zoo, not both")
+    if not (features or data or demo):
+        raise click.UsageError("give feature files, --models/--zoo with --data, or --demo")
+    out = check_output_dir(out_dir)
+    progress = not (no_progress or quiet)
+
     if demo:
         from ..demo import write_demo_zoo
 
-        tmp = Path(out_dir) / "demo_zoo"
-        paths, demo_gt = write_demo_zoo(tmp, seed=seed)
-        features = tuple(str(p) for p in paths)
+        tmp = out / "demo_zoo"
+        paths, demo_gt = write_demo_zoo(tmp, seed=sample_seed)
+        features = tuple(features) + tuple(str(p) for p in paths)
         gt_path = gt_path or str(demo_gt)
-        click.echo(f"demo zoo: {len(paths)} models on scikit-learn digits (written to {tmp})")
-    if (models or zoo_file) and not data:
-        raise click.UsageError("--models/--zoo need --data")
-    if data and not (models or zoo_file):
-        raise click.UsageError("--data needs --models or --zoo")
-    try:
-        zoo = [load_feature_file(p) for p in features]
-        if data:
-            zoo += _extracted_zoo(models, zoo_file, data, split, cache, per_class, seed, device)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    if not zoo:
-        raise click.UsageError("give feature files, --models/--zoo with --data, or --demo")
+        note(f"demo zoo: {len(paths)} models on scikit-learn digits (written to {tmp})", quiet)
 
-    with click.progressbar(length=len(method_list), label="scoring", file=sys.stderr) as bar:
-        try:
-            results = rank_zoo(zoo, method_list, random_state=seed, on_method=lambda m: bar.update(1))
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
-    _print_results(results)
-
-    out = Path(out_dir)
-    rows = [{"method": r.method, "model": m, "score": s, "rank": i + 1, "seconds": r.seconds}
-            for r in results for i, (m, s) in enumerate(r.ranking())]
-    write_csv(out / "scores.csv", rows)
-    payload = {"methods": {r.method: {"scores": r.scores, "seconds": r.seconds, "error": r.error}
-                           for r in results}}
-
-    if gt_path:
-        from ..metrics import rank_metrics
-
+    gt: dict[str, float] | None = None
+    if gt_path:  # before any extraction or scoring
         try:
             gt = read_ground_truth(gt_path, gt_dataset)
         except (FileNotFoundError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
-        missing = [z.name for z in zoo if z.name not in gt]
-        if missing:
-            raise click.ClickException(f"ground truth has no accuracy for model(s) {missing}")
+        check_ground_truth(gt, gt_path)
+
+    sources: dict[str, str] = {}
+    zoo: list[ZooFeatures] = []
+    try:
+        for p in features:
+            z = load_feature_file(p)
+            if z.name in sources:
+                raise click.ClickException(f"two feature files give model name {z.name!r}: {sources[z.name]} "
+                                           f"and {p} (the name is the file stem)")
+            _check_shapes(z, p)
+            sources[z.name] = p
+            zoo.append(z)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    names = list(sources) + (_model_names(model_list, zoo_file) if data else [])
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise click.ClickException(f"duplicate model name(s) {dup}: rename a file or name the models in a zoo file")
+    if gt is not None:
+        _check_gt_covers(gt, names, gt_path)
+
+    if data:
+        with readable_warnings(verbose):
+            zoo += _extracted_zoo(model_list, zoo_file, data, split, cache, per_class, sample_seed, device,
+                                  batch_size, workers, strict, chunk_size, progress)
+        for z in zoo[len(sources):]:
+            sources[z.name] = z.name
+
+    current = {"method": None}
+    with readable_warnings(verbose, prefix=lambda: current["method"]):
+        with click.progressbar(length=len(method_list), label="scoring", file=click.get_text_stream("stderr"),
+                               hidden=not progress) as bar:
+            def on_method(m: str) -> None:
+                current["method"] = m
+                bar.update(1)
+
+            try:
+                results = rank_zoo(zoo, method_list, random_state=seed, on_method=on_method)
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from exc
+    print_left_out(results, sources)
+    print_results(results)
+    if all(r.error for r in results):
+        reasons = sorted({r.error for r in results if r.error})
+        why = reasons[0] if len(reasons) == 1 else "every method failed (reasons above)"
+        raise click.ClickException(f"nothing was scored: {why}")
+
+    rows = [{"method": r.method, "model": m, "score": s, "rank": i + 1, "seconds": r.seconds}
+            for r in results for i, (m, s) in enumerate(r.ranking())]
+    write_csv(out / "scores.csv", rows)
+    payload: dict = {"methods": {r.method: {"scores": r.scores, "seconds": r.seconds, "error": r.error,
+                                            "left_out": r.failed} for r in results}}
+    if gt is not None:
+        from ..metrics import rank_metrics
+
         metric_rows = []
         for r in results:
-            if r.error:
+            if r.error or len(r.scores) < 2:
                 continue
             try:
                 metrics = rank_metrics(r.scores, {m: gt[m] for m in r.scores})
             except ValueError as exc:
                 raise click.ClickException(f"rank metrics for {r.method}: {exc}") from exc
-            row = {"method": r.method, **metrics, "seconds": r.seconds}
-            metric_rows.append(row)
-        click.echo("\nrank metrics against " + gt_path)
-        shown = ["method", "weighted_tau_scipy", "weighted_tau_itm", "kendall_tau", "spearman_rho",
-                 "pearson_r", "top1_relative_accuracy", "regret", "seconds"]
-        click.echo(format_table(metric_rows, columns=[c for c in shown if metric_rows and c in metric_rows[0]],
-                                precision=3))
-        click.echo("(all metrics, including Model-Spider's weighted-tau convention, in metrics.csv)")
+            metric_rows.append({"method": r.method, **metrics, "seconds": r.seconds})
+        print_metrics(metric_rows, gt_path)
         write_csv(out / "metrics.csv", metric_rows)
         payload["ground_truth"] = gt
         payload["metrics"] = metric_rows
     write_json(out / "scores.json", payload)
     click.echo(f"\nwrote {out / 'scores.csv'} and {out / 'scores.json'}"
-               + (f" and {out / 'metrics.csv'}" if gt_path else ""))
+               + (f" and {out / 'metrics.csv'}" if gt is not None else ""))
+    print_next_steps(demo, out)

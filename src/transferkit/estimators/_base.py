@@ -206,12 +206,15 @@ def score_zoo(
     source_probs: Mapping[str, Any] | None = None,
     random_state: int = 0,
     progress: Callable[[str], None] | None = None,
+    on_error: Callable[[str, Exception], None] | None = None,
     **params: Any,
 ) -> dict[str, float]:
     """Score a whole zoo: ``{model: features}`` -> ``{model: score}``.
 
     `labels` is shared by all models (the same target dataset). Zoo-level methods (ETran, NCTI)
-    return their published cross-model combination.
+    return their published cross-model combination. A model whose input the method rejects raises a
+    `ValueError` that names the model; with ``on_error(model, exc)`` that model is left out instead and
+    the others are still scored (the combination then covers the models that scored).
     """
     est = method if isinstance(method, TransferabilityEstimator) else get_estimator(method, **params)
     if not features:
@@ -219,10 +222,19 @@ def score_zoo(
     per_model: dict[str, dict[str, float]] = {}
     for model, X in features.items():
         P = None if source_probs is None else source_probs.get(model)
-        est.fit(X, labels, source_probs=P, random_state=random_state)
+        try:
+            est.fit(X, labels, source_probs=P, random_state=random_state)
+        except (ValueError, ArithmeticError) as exc:
+            if on_error is None:
+                kind = ValueError if isinstance(exc, ValueError) else ArithmeticError
+                raise kind(f"model {model!r}: {exc}") from exc
+            on_error(model, exc)
+            continue
         per_model[model] = {"score": est.score_, **est.components_}
         if progress is not None:
             progress(model)
+    if not per_model:
+        return {}
     return est.combine_zoo(per_model)
 
 

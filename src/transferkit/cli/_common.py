@@ -1,0 +1,100 @@
+"""Pieces every sub-command shares: list options, --quiet/--verbose, output-folder checks, warnings.
+
+One scheme for every command: repeatable options also take comma-separated lists; ``-m`` means
+``--models`` (``-d`` ``--data``, ``-o`` ``--out``, ``-c`` ``--config``, ``-b`` ``--batch-size``,
+``-q`` ``--quiet``, ``-v`` ``--verbose``); estimator methods are always spelled ``--methods``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def split_list(values: str | Iterable[str] | None) -> list[str]:
+    """``"a,b"`` or ``("a,b", "c")`` -> ``["a", "b", "c"]`` (blanks dropped, order kept)."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [v.strip() for value in values for v in str(value).split(",") if v.strip()]
+
+
+def verbosity_options(f: F) -> F:
+    """Add ``--quiet/-q`` and ``--verbose/-v`` to a command (keyword arguments ``quiet`` and ``verbose``)."""
+    f = click.option("--verbose", "-v", is_flag=True,
+                     help="Say more: full warnings with their source, more detail on what runs.")(f)
+    f = click.option("--quiet", "-q", is_flag=True,
+                     help="Say less: no progress bars or notes, only results and errors.")(f)
+    return f
+
+
+def note(message: str, quiet: bool = False) -> None:
+    """An informational line on stderr (kept out of results on stdout); silent with --quiet."""
+    if not quiet:
+        click.echo(message, err=True)
+
+
+def check_output_dir(path: str | Path, option: str = "--out") -> Path:
+    """Create the output folder and prove it is writable *before* any work, so results are never lost
+    after minutes of extraction or scoring. Raises a one-line ClickException naming the folder."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".transferkit-write-test-", dir=out)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise click.ClickException(f"cannot write to the output folder {out} ({option}): {reason}") from exc
+    return out
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """As :func:`check_output_dir`, for a command that writes one file: its folder must be writable."""
+    p = Path(path)
+    check_output_dir(p.parent if str(p.parent) else Path("."), option)
+    return p
+
+
+def _one_line(message: Warning | str) -> str:
+    return " ".join(str(message).split())
+
+
+@contextlib.contextmanager
+def readable_warnings(verbose: bool = False, prefix: Callable[[], str | None] | None = None) -> Iterator[None]:
+    """Show Python warnings as one line each on stderr (``ncti: <message>``) instead of
+    ``file:line: UserWarning`` plus a source line. ``prefix()`` names what is running (e.g. the method);
+    with ``verbose`` the category and source location are added."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        head = (prefix() if prefix is not None else None) or "warning"
+        body = _one_line(message)
+        text = body if body.startswith(f"{head}:") else f"{head}: {body}"
+        if verbose:
+            text += f"  [{category.__name__} at {filename}:{lineno}]"
+        click.echo(text, err=True)
+
+    old = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old
+
+
+def deprecation(message: str) -> None:
+    """A one-line note about an old spelling that still works."""
+    click.echo(f"note: {message}", err=True)
