@@ -20,6 +20,7 @@ from transferkit.estimators.itm import (
     class_dispersion,
     dca_evolve,
     standardize,
+    stratified_folds,
     stratified_split,
 )
 
@@ -133,16 +134,42 @@ def test_adaptive_eta_follows_eq12():
 def test_class_dispersion():
     X, y = clusters(30, 4, 16, 3.0)
     Xs = standardize(X)
-    d = class_dispersion(Xs, y, 4, per_sqrt_dim=False)
-    assert class_dispersion(Xs, y, 4, per_sqrt_dim=True) == pytest.approx(d / 4.0)
+    d = class_dispersion(Xs, y, 4, "raw")
+    assert class_dispersion(Xs, y, 4, "per_sqrt_dim") == pytest.approx(d / 4.0)
     means = np.stack([Xs[y == c].mean(0) for c in range(4)])
     assert d == pytest.approx(np.linalg.norm(Xs - means[y], axis=1).mean())
-    assert class_dispersion(np.repeat(np.eye(3), 5, axis=0), np.repeat(np.arange(3), 5), 3,
-                            True) == pytest.approx(0.0)
+    sep = np.mean([np.linalg.norm(means[i] - means[j]) for i in range(4) for j in range(i + 1, 4)])
+    assert class_dispersion(Xs, y, 4, "class_separation") == pytest.approx(d / sep)
+    for units in ("raw", "per_sqrt_dim", "class_separation"):
+        assert class_dispersion(np.repeat(np.eye(3), 5, axis=0), np.repeat(np.arange(3), 5), 3,
+                                units) == pytest.approx(0.0)
     # per-feature standardization bounds the per-√D dispersion by 1 (no class structure)
     rng = np.random.default_rng(0)
     Xr = standardize(rng.normal(size=(500, 32)))
-    assert 0.9 < class_dispersion(Xr, rng.integers(0, 5, 500), 5, True) <= 1.0
+    assert 0.9 < class_dispersion(Xr, rng.integers(0, 5, 500), 5, "per_sqrt_dim") <= 1.0
+    with pytest.raises(ValueError, match="dispersion_units"):
+        class_dispersion(Xs, y, 4, "sqrt")
+
+
+def test_class_separation_units_follow_class_structure_not_scale_or_width():
+    """Under "class_separation" η differs between models whose classes are more or less spread
+    (the paper's intent), and not between models that differ only in feature width or scale;
+    "per_sqrt_dim" gives nearly the same η to all of them."""
+    def model(sep, dim, scale, seed):
+        X, y = clusters(40, 5, dim, sep, seed=seed)
+        return X * scale, y
+
+    tight, loose = model(1.5, 64, 1.0, 0), model(0.5, 64, 1.0, 0)
+    wide_scaled = model(1.5, 256, 30.0, 0)
+    eta = {}
+    for units in ("class_separation", "per_sqrt_dim"):
+        eta[units] = [fit(X, y, dispersion_units=units, n_iters=1, eval_every=1)
+                      .components_["itm_eta"] for X, y in (tight, loose, wide_scaled)]
+    e_tight, e_loose, e_wide = eta["class_separation"]
+    assert e_loose > e_tight + 0.2  # a more dispersed model takes a clearly bigger step
+    assert e_wide == pytest.approx(e_tight, abs=0.05)  # width and scale alone do not matter
+    p_tight, p_loose, _ = eta["per_sqrt_dim"]
+    assert abs(p_loose - p_tight) < e_loose - e_tight
 
 
 def test_stratified_split():
@@ -233,7 +260,13 @@ def test_invariant_to_label_renaming():
         {"pc_input": "mapped", "lam": 1.0},
         {"adaptive_eta": False, "eta_anchor": 0.0},
         {"standardize": "global"},
-        {"standardize": "none", "dispersion_per_sqrt_dim": False, "dispersion_anchor": 5.0},
+        {"standardize": "none", "dispersion_units": "raw", "dispersion_anchor": 5.0},
+        {"dispersion_units": "per_sqrt_dim"},
+        {"dca_norm": "trace"},
+        {"lam": 0.0},
+        {"n_splits": 3},
+        {"split": "kfold", "n_splits": 5},
+        {"score_reading": "mean_acc"},
     ],
 )
 def test_open_readings_all_run(params):
@@ -249,6 +282,67 @@ def test_fixed_eta_and_lambda():
     assert est.components_["itm_lambda"] == pytest.approx(2.0)
     est = fit(X, y)
     assert est.components_["itm_lambda"] == est.components_["itm_eta"]  # λ = η by default
+
+
+def test_lambda_zero_drops_the_explicit_pc_term():
+    """λ = 0: L_pc acts only through Eq. 7's step; the gradient has no MSE part."""
+    g = torch.Generator().manual_seed(0)
+    psi = _Psi(6, 3, False, "random", g)
+    xb = torch.randn(10, 6, generator=g)
+    eb = torch.nn.functional.one_hot(torch.arange(10) % 3, 3).float()
+    psi.loss_grad(xb, eb, xb @ xb.T, 0.01, 0.0, True)
+    g0 = psi.grad.clone()
+    psi.loss_grad(xb, eb, xb @ xb.T, 0.01, 0.5, True)
+    assert not torch.allclose(g0, psi.grad)
+    X, y = clusters(25, 3, 8, 1.0)
+    est = fit(X, y, lam=0.0)
+    assert est.components_["itm_lambda"] == 0.0 and est.components_["itm_eta"] > 0
+
+
+def test_repeated_splits_average_single_splits():
+    X, y = clusters(30, 4, 10, 0.5, seed=3)
+    one = fit(X, y, random_state=5)
+    three = fit(X, y, random_state=5, n_splits=3)
+    # the first of the repeated splits is the single split: same random stream
+    assert three.components_["itm_n_val"] == one.components_["itm_n_val"] == 24
+    assert 0.0 <= three.score_ <= 1.0
+    assert three.score_ == pytest.approx(three.components_["itm_best_val_acc"])
+    folds = fit(X, y, split="kfold", n_splits=4)
+    assert folds.components_["itm_n_val"] == pytest.approx(30.0)  # 120 samples / 4 folds
+    ll = fit(X, y, score_reading="loglik")
+    assert ll.score_ == ll.components_["itm_val_loglik"] < 0
+    mean = fit(X, y, score_reading="mean_acc")
+    assert mean.score_ == mean.components_["itm_mean_val_acc"] <= mean.components_[
+        "itm_best_val_acc"]
+
+
+def test_stratified_folds_cover_each_sample_once():
+    y = np.repeat(np.arange(4), [20, 9, 3, 1])
+    with pytest.warns(UserWarning, match="single sample"):
+        fold = stratified_folds(y, 5, np.random.default_rng(0))
+    assert fold[y == 3].tolist() == [-1]  # a singleton is never validated
+    for c, n in enumerate([20, 9, 3]):
+        counts = np.bincount(fold[y == c], minlength=5)
+        assert counts.sum() == n and counts.max() - counts.min() <= 1
+    with pytest.warns(UserWarning, match="single sample"):
+        fold2 = stratified_folds(np.array([2, 0, 3, 1])[y], 5, np.random.default_rng(0))
+    assert np.array_equal(fold, fold2)  # renaming the classes keeps the folds
+
+
+def test_saturated_score_is_reported():
+    X, y = clusters(40, 4, 16, 6.0)  # every model-split reaches validation accuracy 1.0
+    with pytest.warns(UserWarning, match="saturated"):
+        est = fit(X, y, n_splits=2)
+    assert est.score_ == 1.0 and est.components_["itm_saturated"] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tie-free reading is not saturated: no warning
+        ll = fit(X, y, score_reading="loglik")
+    assert ll.components_["itm_saturated"] == 1.0 and ll.score_ < 0
+    # below the ceiling nothing is reported
+    X2, y2 = clusters(30, 4, 10, 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit(X2, y2).components_["itm_saturated"] == 0.0
 
 
 @pytest.mark.shared
@@ -273,10 +367,15 @@ def test_paper_defaults_on_reference_synthetic():
         {"eta_anchor": 1.5},
         {"dispersion_anchor": 0.0},
         {"val_evolution": "labels"},
-        {"dca_norm": "trace"},
+        {"dca_norm": "power"},
         {"standardize": "minmax"},
         {"psi": "mlp"},
         {"threads": 0},
+        {"n_splits": 0},
+        {"split": "kfold", "n_splits": 1},
+        {"split": "loo"},
+        {"score_reading": "auc"},
+        {"dispersion_units": "sqrt"},
     ],
 )
 def test_bad_parameters_raise_value_error(params):

@@ -72,10 +72,13 @@ def _dca_scale(G: torch.Tensor, eta: float, norm: str, v0: torch.Tensor) -> torc
     "spectral": s = η / λ_max(G), so C's largest eigenvalue is η: Eq. 7 moves the embedding a
     fraction η of the way to the centres along the dominant direction and less elsewhere, and
     with B = 1 it is exactly Appendix A.3's C = η. "frobenius": s = η / ‖G‖_F (cheaper, the same
-    for B = 1, smaller steps when the batch spectrum is flat).
+    for B = 1, smaller steps when the batch spectrum is flat). "trace": s = η / tr(G), so the
+    eigenvalues of C sum to η (also C = η for B = 1; the smallest steps of the three).
     """
     if norm == "spectral":
         denom = _lanczos_top(lambda V: V @ G, v0.expand(*G.shape[:-1]))
+    elif norm == "trace":
+        denom = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)
     else:
         denom = torch.linalg.matrix_norm(G)
     tiny = torch.finfo(G.dtype).tiny
@@ -104,6 +107,8 @@ def _full_split_scale(X: torch.Tensor, eta: float, norm: str, gen: torch.Generat
             mv = lambda V: (V @ X) @ X.T  # noqa: E731
         v0 = torch.rand(min(n, d), generator=gen, dtype=X.dtype) + 0.5
         denom = float(_lanczos_top(mv, v0, 2 * _LANCZOS_STEPS))
+    elif norm == "trace":  # tr(X Xᵀ) = ‖X‖_F²
+        denom = float((X * X).sum())
     else:  # ‖X Xᵀ‖_F = ‖Xᵀ X‖_F
         denom = float(torch.linalg.matrix_norm(X.T @ X if d <= n else X @ X.T))
     return eta / denom if denom > torch.finfo(X.dtype).tiny else 0.0
@@ -209,8 +214,11 @@ def _evaluate(
     batch: int,
     st: _Setup,
     v0: torch.Tensor,
-) -> float:
-    """Validation accuracy of h(evolved validation embedding)."""
+) -> tuple[float, float]:
+    """Validation accuracy and mean log-likelihood of the true class under h(evolved embedding).
+
+    The log-likelihood is the tie-free companion of the accuracy (which moves in steps of
+    1/N_val and saturates at 1)."""
     Zv = psi.map(Xval)
     if st.val_evolution == "train_step" and s_full > 0:
         # the validation points seen through W after one DCA step on the training split
@@ -231,7 +239,9 @@ def _evaluate(
             "itm: training diverged (non-finite validation logits); try a smaller lr or eta_anchor"
         )
     pred = logits.argmax(dim=1)
-    return float((pred == yval).to(torch.float64).mean())
+    acc = float((pred == yval).to(torch.float64).mean())
+    loglik = float(torch.log_softmax(logits.double(), dim=1).gather(1, yval[:, None]).mean())
+    return acc, loglik
 
 
 def _split_gram(Xtr: torch.Tensor, b: int, n_iters: int) -> torch.Tensor | None:
@@ -257,8 +267,8 @@ def _train_and_validate(
     st: _Setup,
     gen: torch.Generator,
     big_threads: int,
-) -> list[float]:
-    """Train ψ with DCA + PCO (Eq. 8) and return the validation accuracy at each check.
+) -> list[tuple[float, float]]:
+    """Train ψ with DCA + PCO (Eq. 8); (accuracy, log-likelihood) on validation at each check.
 
     Runs under `st.threads`; the large Gram products switch to `big_threads`.
     """
@@ -277,12 +287,12 @@ def _train_and_validate(
     with _torch_threads(big_threads):
         G_full = _split_gram(Xtr, b, st.n_iters) if use_dca else None
 
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, float]:
         return _evaluate(psi, Xtr, Etr, s_full, Xval, Eval, yval, b, st, v0)
 
     per_step = 4 * b * (d + b)
     chunk = max(1, min(st.n_iters, _CHUNK_BYTES // per_step))
-    accs: list[float] = []
+    accs: list[tuple[float, float]] = []
     for lo in range(0, st.n_iters, chunk):
         idx = schedule[lo : lo + chunk]
         m = idx.shape[0]
@@ -311,9 +321,9 @@ def _train_steps(
     Sc: list[float],
     lo: int,
     st: _Setup,
-    evaluate: Callable[[], float],
-) -> list[float]:
-    """One chunk of training steps (Eq. 7 then Eq. 8); validation accuracies of its checks."""
+    evaluate: Callable[[], tuple[float, float]],
+) -> list[tuple[float, float]]:
+    """One chunk of training steps (Eq. 7 then Eq. 8); validation results of its checks."""
     accs = []
     for j in range(Xc.shape[0]):
         G = Gc[j] if Gc is not None else None
@@ -327,7 +337,7 @@ def _train_steps(
 
 def train_on_split(Xtr: np.ndarray, ytr: np.ndarray, Xval: np.ndarray, yval: np.ndarray,
                    schedule: np.ndarray, n_classes: int, affine: bool, st: _Setup,
-                   seed: int) -> list[float]:
+                   seed: int) -> list[tuple[float, float]]:
     """`_train_and_validate` on numpy inputs, with a local generator seeded by ``seed``.
 
     torch's global RNG and thread count are left as they were; gradients are derived by hand,
