@@ -18,6 +18,7 @@ from timm.data import create_transform
 import transferkit.features.extract as extract_mod
 from transferkit.data import CorruptImageError, CorruptImageWarning, TensorImageDataset, open_dataset
 from transferkit.features import (
+    ExtractionInterrupted,
     FeatureCache,
     FeatureSet,
     atomic_savez,
@@ -122,19 +123,87 @@ def test_interrupted_run_resumes_where_it_stopped(folder, ckpt, tmp_path, monkey
         return wrapped
 
     monkeypatch.setattr(extract_mod, "make_feature_fn", counting)
-    opts = dict(cache_dir=tmp_path / "c", batch_size=2, chunk_size=4, **KW)  # 3 chunks of 2 batches
-    with pytest.raises(KeyboardInterrupt):
+    opts = dict(cache_dir=tmp_path / "c", batch_size=2, chunk_size=4, **KW)  # chunks of 2 batches
+    with pytest.raises(ExtractionInterrupted, match=r"kept 6 of 12 images \(2 chunks\) in .*run again") as info:
         extract_features(ckpt, folder, **opts)
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.kept_images == 6
     entry = FeatureCache(tmp_path / "c").entries()[0]
-    assert entry.done_chunks() == {0} and not entry.is_complete()  # batches 1-2 = chunk 0 were kept
-    assert not list(entry.path.glob("*.tmp"))
+    # batches 1-2 = the first chunk; batch 3 was written when batch 4 was interrupted
+    assert entry.chunk_ranges() == [(0, 4), (4, 6)] and not entry.is_complete()
+    assert not list(entry.path.glob(".*.tmp"))
     calls.update(n=0, fail_at=-1)
     resumed = extract_features(ckpt, folder, **{**opts, "batch_size": 4})  # any batch size resumes
-    assert calls["n"] == 2  # only chunks 1 and 2, one batch each
-    assert resumed.metadata["computed_chunks"] == 2 and resumed.metadata["chunk_size"] == 4
+    assert calls["n"] == 2  # [6, 8) up to the batch grid of 4, then [8, 12)
+    md = resumed.metadata
+    assert (md["computed_images"], md["chunks_from_cache"], md["computed_chunks"], md["total_chunks"]) == (6, 2, 2, 4)
     fresh = extract_features(ckpt, folder, **{**opts, "cache_dir": tmp_path / "fresh"})
     np.testing.assert_allclose(resumed.features, fresh.features, rtol=1e-5, atol=1e-6)
     assert resumed.labels.tolist() == fresh.labels.tolist()
+    assert sorted(p.name for p in entry.path.iterdir()) == ["features.npz", "meta.json"]
+
+
+def test_chunks_are_bounded_by_time_and_a_resume_is_bit_identical(folder, ckpt, tmp_path, monkeypatch):
+    real = extract_mod.make_feature_fn
+    calls = {"n": 0, "fail_at": 5}
+
+    def counting(model, layer=None, with_logits=True):
+        fn = real(model, layer, with_logits)
+
+        def wrapped(x):
+            calls["n"] += 1
+            if calls["n"] == calls["fail_at"]:
+                raise KeyboardInterrupt("simulated interruption")
+            return fn(x)
+        return wrapped
+
+    monkeypatch.setattr(extract_mod, "make_feature_fn", counting)
+    clock = iter(range(0, 10_000, 20))  # every batch "takes" 20 s: a 30 s bound writes every second batch
+    monkeypatch.setattr(extract_mod.time, "monotonic", lambda: float(next(clock)))
+    opts = dict(cache_dir=tmp_path / "c", batch_size=1, chunk_size=100, chunk_seconds=30, **KW)
+    with pytest.raises(ExtractionInterrupted):
+        extract_features(ckpt, folder, **opts)
+    entry = FeatureCache(tmp_path / "c").entries()[0]
+    assert entry.chunk_ranges() == [(0, 2), (2, 4)]  # size alone would have written nothing yet
+    calls.update(n=0, fail_at=-1)
+    resumed = extract_features(ckpt, folder, **{**opts, "chunk_size": 3, "chunk_seconds": None})
+    assert calls["n"] == 8 and resumed.metadata["chunks_from_cache"] == 2
+    assert resumed.metadata["total_chunks"] == 2 + 3  # [4, 7), [7, 10), [10, 12)
+    fresh = extract_features(ckpt, folder, **{**opts, "cache_dir": tmp_path / "fresh"})
+    for k in ("features", "probs", "labels", "indices"):
+        assert np.array_equal(getattr(resumed, k), getattr(fresh, k)), k  # same batches: same bits
+
+
+def test_chunk_options_are_checked(folder, ckpt, tmp_path):
+    for bad in ({"chunk_size": 0}, {"chunk_size": 2.5}, {"chunk_seconds": 0}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match="chunk_size|chunk_seconds|batch_size"):
+            extract_features(ckpt, folder, cache_dir=tmp_path / "c", **{**KW, **bad})
+
+
+def test_cover_slices_overlapping_chunks_and_finds_gaps(tmp_path):
+    entry = FeatureCache(tmp_path).entry("k")
+    entry.path.mkdir(parents=True)
+    for lo, hi in [(0, 4), (2, 8), (10, 12), (11, 20), (12, 13)]:
+        entry.chunk_path(lo, hi).write_bytes(b"")
+    pieces, gaps = entry.cover(25)
+    assert pieces == [(0, 4, 0, 4), (2, 8, 4, 8), (10, 12, 10, 12), (11, 20, 12, 20)]
+    assert gaps == [(8, 10), (20, 25)]
+
+
+def test_legacy_fixed_size_chunks_are_adopted(folder, ckpt, tmp_path):
+    opts = dict(cache_dir=tmp_path / "c", batch_size=2, chunk_size=4, **KW)
+    full = extract_features(ckpt, folder, **opts)
+    entry = FeatureCache(tmp_path / "c").entries()[0]
+    # rebuild the layout of transferkit <= 0.1: meta with chunk_size, chunk-000000.npz for positions [0, 4)
+    meta = json.loads(entry.meta_path.read_text())
+    entry.final_path.unlink()
+    arrays = {"indices": full.indices[:4], "labels": full.labels[:4], "features": full.features[:4],
+              "probs": full.probs[:4], "skipped": np.zeros(0, np.int64), "skipped_names": np.zeros(0, str),
+              "skipped_errors": np.zeros(0, str)}
+    atomic_savez(entry.path / "chunk-000000.npz", **arrays)
+    entry.meta_path.write_text(json.dumps({**meta, "chunk_size": 4}))
+    again = extract_features(ckpt, folder, **opts)
+    assert again.metadata["chunks_from_cache"] == 1 and again.metadata["computed_images"] == 8
+    assert np.array_equal(again.features, full.features)
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path, monkeypatch):

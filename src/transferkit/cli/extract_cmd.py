@@ -22,6 +22,14 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@+-]+", "_", name).strip("_") or "model"
 
 
+def _cache_status(md: dict) -> str:
+    """hit / computed / resumed (k of n chunks from cache)."""
+    if md.get("cache_hit"):
+        return "hit"
+    k, n = md.get("chunks_from_cache", 0), md.get("total_chunks", 0)
+    return f"resumed ({k} of {n} chunks from cache)" if k else "computed"
+
+
 @click.command("extract")
 @click.option("--models", "-m", multiple=True,
               help="Model spec (repeat, or comma-separate): timm name, local-dir:<folder>, <arch>@<checkpoint>, path.")
@@ -38,6 +46,9 @@ def _safe(name: str) -> str:
               help="Also export <out>/<model>.npz (X, y, P) for `transferkit rank`.")
 @click.option("--batch-size", "-b", default=64, show_default=True)
 @click.option("--workers", type=int, default=None, help="DataLoader workers (default: by device and cores).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Write the cache every N images (default 1024; also at least every 30 s of work), so an "
+                   "interrupted run resumes from there.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--layer", default=None, help="Module name to take features from (default: pooled penultimate).")
@@ -52,8 +63,8 @@ def _safe(name: str) -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(models: tuple[str, ...], zoo_file: str | None, data: str, split: str | None, per_class: int | None,
             seed: int, test_fraction: float, cache: str, out_dir: str | None, batch_size: int,
-            workers: int | None, device: str, precision: str, layer: str | None, input_size: int | None,
-            crop_pct: float | None, interpolation: str | None, mean: str | None, std: str | None,
+            workers: int | None, chunk_size: int | None, device: str, precision: str, layer: str | None,
+            input_size: int | None, crop_pct: float | None, interpolation: str | None, mean: str | None, std: str | None,
             no_probs: bool, keep_background: bool, strict: bool, no_progress: bool) -> None:
     """Extract features of MODELS (or a --zoo) on --data into the cache (and --out as .npz).
 
@@ -61,8 +72,8 @@ def command(models: tuple[str, ...], zoo_file: str | None, data: str, split: str
     `torchrun --nproc_per_node N --no-python transferkit extract ...` the work is split over the processes.
     """
     from ..data import CorruptImageError
-    from ..features import dist_context, extract_zoo
-    from ..reporting import format_table
+    from ..features import ExtractionInterrupted, dist_context, extract_zoo
+    from ..reporting import OutputWriteError, format_table
 
     specs = _models(models)
     if bool(specs) == bool(zoo_file):
@@ -74,7 +85,12 @@ def command(models: tuple[str, ...], zoo_file: str | None, data: str, split: str
                            seed=seed, batch_size=batch_size, num_workers=workers, device=device,
                            progress=not no_progress, test_fraction=test_fraction, precision=precision, layer=layer,
                            probs=not no_probs, drop_background=not keep_background, strict=strict,
-                           **{k: v for k, v in preprocess.items() if v is not None})
+                           chunk_size=chunk_size, **{k: v for k, v in preprocess.items() if v is not None})
+    except ExtractionInterrupted as exc:  # one line: what was kept, how to resume; 130 (SIGINT) / 143 (SIGTERM)
+        click.echo(f"Interrupted: kept {exc.kept_images} of {exc.n_images} images of {exc.model} "
+                   f"({exc.kept_chunks} chunk{'s' if exc.kept_chunks != 1 else ''}) in {exc.path}; models "
+                   "finished before are cached too. Run the same command again to resume.", err=True)
+        raise SystemExit(128 + exc.signum) from None
     except (CorruptImageError, FileNotFoundError, KeyError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
     if not dist_context().is_main:
@@ -83,10 +99,13 @@ def command(models: tuple[str, ...], zoo_file: str | None, data: str, split: str
     for name, fs in sets.items():
         row = {"model": name, "n": len(fs), "dim": fs.dim,
                "probs": fs.probs.shape[1] if fs.probs is not None else "-",
-               "cache": "hit" if fs.metadata.get("cache_hit") else "computed",
+               "cache": _cache_status(fs.metadata),
                "seconds": fs.metadata.get("seconds", 0.0) if not fs.metadata.get("cache_hit") else 0.0,
                "skipped": len(fs.metadata.get("skipped", []))}
         if out_dir:
-            row["file"] = str(fs.save_npz(Path(out_dir) / f"{_safe(name)}.npz"))
+            try:
+                row["file"] = str(fs.save_npz(Path(out_dir) / f"{_safe(name)}.npz"))
+            except OutputWriteError as exc:
+                raise click.ClickException(f"{exc}; the features are kept in the cache {cache}") from exc
         rows.append(row)
     click.echo(format_table(rows, precision=2))

@@ -8,12 +8,24 @@
 
 from .cache import CacheEntry, FeatureCache, cache_key
 from .distributed import DistContext, dist_context
-from .extract import default_num_workers, extract_features, extract_zoo, resolve_precision, select_device
+from .extract import (
+    DEFAULT_CHUNK_SECONDS,
+    DEFAULT_CHUNK_SIZE,
+    ExtractionInterrupted,
+    default_num_workers,
+    extract_features,
+    extract_zoo,
+    resolve_precision,
+    select_device,
+)
 from .featureset import FeatureSet, atomic_savez
 
 __all__ = [
+    "DEFAULT_CHUNK_SECONDS",
+    "DEFAULT_CHUNK_SIZE",
     "CacheEntry",
     "DistContext",
+    "ExtractionInterrupted",
     "FeatureCache",
     "FeatureSet",
     "atomic_savez",

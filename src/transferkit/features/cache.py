@@ -2,33 +2,41 @@
 
 Layout::
 
-    <cache_dir>/features/<key>/meta.json           what the entry is (key document, chunk size, item count)
-    <cache_dir>/features/<key>/chunk-000003.npz    rows of dataset positions [3*chunk_size, 4*chunk_size)
-    <cache_dir>/features/<key>/features.npz        the finished FeatureSet (chunks are then deleted)
+    <cache_dir>/features/<key>/meta.json                      what the entry is (key document, item count)
+    <cache_dir>/features/<key>/rows-00000128-00000192.npz     rows of dataset positions [128, 192)
+    <cache_dir>/features/<key>/features.npz                   the finished FeatureSet (chunks are then deleted)
 
 ``key`` = sha256 of the key document: model identity (weights sha256, architecture, head), dataset
 fingerprint (content of the selected items and their labels), preprocessing, layer, precision, and whether
 probabilities are stored. Every file is written to a temporary name and renamed, so a reader sees either
-nothing or a whole file. A run that stops (crash, Ctrl-C, a killed job) keeps its finished chunks; the next
-run with the same inputs computes only the missing chunks, and a run after completion computes nothing.
+nothing or a whole file.
+
+A chunk's file name holds the dataset positions it covers, so chunks of any size (fixed by
+``chunk_size``, cut short by a time bound, or flushed when a run is interrupted) mix freely: a run
+covers what is on disk (:meth:`CacheEntry.cover`) and computes only the gaps. A run that stops (crash,
+Ctrl-C, a killed job) keeps its finished chunks; the next run with the same inputs computes only the
+missing positions, and a run after completion computes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..reporting import atomic_write_text
 from .featureset import FeatureSet, atomic_savez
 
 __all__ = ["CacheEntry", "FeatureCache", "cache_key"]
 
-from ..reporting import atomic_write_text
-
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of the key document and of features.npz (chunk names may change without a new key)
+_CHUNK = re.compile(r"^rows-(\d+)-(\d+)\.npz$")
+_LEGACY_CHUNK = re.compile(r"^chunk-(\d+)\.npz$")  # fixed-size chunks of transferkit <= 0.1 (meta chunk_size)
+Piece = tuple[int, int, int, int]  # (chunk lo, chunk hi, take from, take to): a slice of one chunk file
 
 
 def cache_key(doc: dict[str, Any]) -> str:
@@ -66,8 +74,8 @@ class CacheEntry:
     def final_path(self) -> Path:
         return self.path / "features.npz"
 
-    def chunk_path(self, c: int) -> Path:
-        return self.path / f"chunk-{c:06d}.npz"
+    def chunk_path(self, lo: int, hi: int) -> Path:
+        return self.path / f"rows-{lo:08d}-{hi:08d}.npz"
 
     def is_complete(self) -> bool:
         return self.final_path.exists()
@@ -81,41 +89,82 @@ class CacheEntry:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def open(self, n_items: int, chunk_size: int, doc: dict[str, Any]) -> int:
-        """Create the entry (or reuse it); returns the chunk size in force (that of an earlier run)."""
+    def open(self, n_items: int, doc: dict[str, Any]) -> None:
+        """Create the entry, or reuse the chunks of an earlier run of the same key and item count."""
         self.path.mkdir(parents=True, exist_ok=True)
         meta = self.read_meta()
-        if meta is not None and meta.get("n_items") == n_items and meta.get("chunk_size", 0) > 0:
-            return int(meta["chunk_size"])
-        # no usable meta (fresh entry, or leftovers of a run whose meta was lost): start over, so
-        # chunks of another chunk size can never be counted as done
-        for p in self.path.glob("chunk-*.npz"):
+        if meta is not None and meta.get("n_items") == n_items:
+            self._adopt_legacy_chunks(int(meta.get("chunk_size") or 0), n_items)
+            return
+        # no usable meta (fresh entry, or leftovers of a run whose meta was lost): start over, so that
+        # nothing of unknown origin is counted as done
+        for p in [*self.path.glob("rows-*.npz"), *self.path.glob("chunk-*.npz")]:
             p.unlink(missing_ok=True)
         atomic_write_text(self.meta_path, json.dumps(
-            {"key": self.key, "format": FORMAT_VERSION, "n_items": n_items, "chunk_size": chunk_size, "key_doc": doc},
-            indent=1, default=str))
-        return chunk_size
+            {"key": self.key, "format": FORMAT_VERSION, "n_items": n_items, "key_doc": doc}, indent=1, default=str))
 
-    def done_chunks(self) -> set[int]:
-        out = set()
+    def _adopt_legacy_chunks(self, chunk_size: int, n_items: int) -> None:
+        """Rename ``chunk-000003.npz`` (fixed ``chunk_size`` of an older version) to its row range."""
         for p in self.path.glob("chunk-*.npz"):
-            try:
-                out.add(int(p.stem.split("-")[1]))
-            except (IndexError, ValueError):
+            m = _LEGACY_CHUNK.match(p.name)
+            if m is None or chunk_size <= 0:
+                p.unlink(missing_ok=True)
                 continue
-        return out
+            c = int(m.group(1))
+            lo, hi = c * chunk_size, min(n_items, (c + 1) * chunk_size)
+            if lo < hi:
+                p.replace(self.chunk_path(lo, hi))
+            else:
+                p.unlink(missing_ok=True)
 
-    def write_chunk(self, c: int, **arrays: np.ndarray) -> None:
-        atomic_savez(self.chunk_path(c), **arrays)
+    def chunk_ranges(self) -> list[tuple[int, int]]:
+        """The ``[lo, hi)`` position ranges of the chunk files on disk, sorted."""
+        out = []
+        for p in self.path.glob("rows-*.npz"):
+            m = _CHUNK.match(p.name)
+            if m is not None and int(m.group(1)) < int(m.group(2)):
+                out.append((int(m.group(1)), int(m.group(2))))
+        return sorted(out)
 
-    def read_chunk(self, c: int) -> dict[str, np.ndarray]:
-        with np.load(self.chunk_path(c), allow_pickle=False) as d:
+    def cover(self, n_items: int) -> tuple[list[Piece], list[tuple[int, int]]]:
+        """Which chunk files supply which positions of ``[0, n_items)``, and the gaps no chunk covers.
+
+        Greedy from position 0: the chunk that starts at or before the position and reaches furthest
+        supplies it; overlapping chunks (two runs on one cache at once) are sliced, never double counted."""
+        ranges = [r for r in self.chunk_ranges() if r[1] <= n_items]
+        pieces: list[Piece] = []
+        gaps: list[tuple[int, int]] = []
+        pos = 0
+        while pos < n_items:
+            over = [r for r in ranges if r[0] <= pos < r[1]]
+            if over:
+                lo, hi = max(over, key=lambda r: r[1])
+                pieces.append((lo, hi, pos, hi))
+                pos = hi
+            else:  # nothing covers pos: a gap up to the next chunk (or the end)
+                end = min((r[0] for r in ranges if r[0] > pos), default=n_items)
+                gaps.append((pos, end))
+                pos = end
+        return pieces, gaps
+
+    def write_chunk(self, lo: int, hi: int, **arrays: np.ndarray) -> Path:
+        return atomic_savez(self.chunk_path(lo, hi), **arrays)
+
+    def read_chunk(self, lo: int, hi: int) -> dict[str, np.ndarray]:
+        with np.load(self.chunk_path(lo, hi), allow_pickle=False) as d:
             return {k: d[k] for k in d.files}
 
-    def finalize(self, n_chunks: int, class_names: list[str], metadata: dict[str, Any]) -> FeatureSet:
-        """Merge the chunks in order into ``features.npz`` (atomically), then delete the chunks."""
+    def remove_chunks(self) -> None:
+        for p in self.path.glob("rows-*.npz"):
+            p.unlink(missing_ok=True)
+
+    def finalize(self, n_items: int, class_names: list[str], metadata: dict[str, Any]) -> FeatureSet:
+        """Merge the chunks in position order into ``features.npz`` (atomically), then delete the chunks."""
+        pieces, gaps = self.cover(n_items)
         try:
-            parts = [self.read_chunk(c) for c in range(n_chunks)]
+            if gaps:
+                raise FileNotFoundError(f"{self.path}: positions {gaps[:3]} have no chunk")
+            parts = [_slice_chunk(self.read_chunk(lo, hi), a, b) for lo, hi, a, b in pieces]
         except FileNotFoundError:
             if self.is_complete():  # another process on the same cache finished (and cleaned up) first
                 return self.load()
@@ -132,9 +181,27 @@ class CacheEntry:
             probs = np.concatenate(ps) if ps else None
         skipped = [{"index": int(i), "item": str(n), "error": str(e)} for p in parts
                    for i, n, e in zip(p["skipped"], p["skipped_names"], p["skipped_errors"], strict=True)]
-        metadata = dict(metadata, skipped=skipped, n=int(len(y)), dim=int(dim))
+        metadata = dict(metadata, skipped=skipped, n=int(len(y)), dim=int(dim), total_chunks=len(pieces))
         fs = FeatureSet(X, y, probs, class_names, metadata, idx)
         fs.save_npz(self.final_path)
-        for c in range(n_chunks):
-            self.chunk_path(c).unlink(missing_ok=True)
+        self.remove_chunks()
         return fs
+
+
+def _slice_chunk(part: dict[str, np.ndarray], a: int, b: int) -> dict[str, np.ndarray]:
+    """The rows (and skipped items) of one chunk whose dataset positions lie in ``[a, b)``."""
+    idx = part["indices"]
+    keep = (idx >= a) & (idx < b)
+    if keep.all():
+        rows = part
+    else:
+        rows = dict(part, indices=idx[keep], labels=part["labels"][keep])
+        for k in ("features", "probs"):
+            if k in part and len(part[k]):
+                rows[k] = part[k][keep]
+    sk = part["skipped"]
+    if len(sk) and not ((sk >= a) & (sk < b)).all():
+        m = (sk >= a) & (sk < b)
+        rows = dict(rows, skipped=sk[m], skipped_names=part["skipped_names"][m],
+                    skipped_errors=part["skipped_errors"][m])
+    return rows

@@ -5,6 +5,12 @@ preprocesses while the model runs under ``torch.inference_mode`` (channels_last,
 GPU), outputs stay on the device until a cache chunk is complete, and each finished chunk is written
 atomically. Nothing is computed twice: the cache key covers the model weights, the exact items and
 labels, the preprocessing, the layer and the precision (see :mod:`transferkit.features.cache`).
+
+Chunks are bounded by size and by time: one is written every ``chunk_size`` images or every
+``chunk_seconds`` of work, whichever comes first, and the images done so far are written when the run
+is interrupted (Ctrl-C, SIGTERM), so a stopped run loses at most one batch. Batches sit on a fixed grid
+of dataset positions (multiples of the batch size), so a resumed run feeds the model exactly the batches
+an uninterrupted run would, and its features are bit-identical.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +34,58 @@ from torch import nn
 
 from ..data import CorruptImageError, CorruptImageWarning, ImageDataset, open_dataset
 from ..models import ModelEntry, ResolvedModel, make_feature_fn, read_zoo, resolve_model, state_dict_digest
+from ..reporting import OutputWriteError
 from .cache import CacheEntry, FeatureCache, cache_key
 from .distributed import DistContext, dist_context
 from .featureset import FeatureSet
 
-__all__ = ["default_num_workers", "extract_features", "extract_zoo", "resolve_precision", "select_device"]
+__all__ = ["DEFAULT_CHUNK_SECONDS", "DEFAULT_CHUNK_SIZE", "ExtractionInterrupted", "default_num_workers",
+           "extract_features", "extract_zoo", "resolve_precision", "select_device"]
 
-DEFAULT_CHUNK = 1024
+DEFAULT_CHUNK_SIZE = 1024  # images per cache chunk at most
+DEFAULT_CHUNK_SECONDS = 30.0  # ... and a chunk is written at least this often (seconds of work)
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during extraction; the finished images were written to the cache first.
+
+    ``str()`` is one line saying what was kept and how to resume. Attributes: ``model``, ``kept_images``,
+    ``n_images``, ``kept_chunks``, ``path`` (the cache entry, ``None`` without a cache) and ``signum``."""
+
+    def __init__(self, model: str, kept_images: int, n_images: int, kept_chunks: int, path: Path | None,
+                 signum: int = signal.SIGINT):
+        self.model, self.kept_images, self.n_images = model, kept_images, n_images
+        self.kept_chunks, self.path, self.signum = kept_chunks, path, int(signum)
+        if path is None:
+            msg = f"interrupted while extracting {model}: nothing kept (no cache_dir)"
+        else:
+            msg = (f"interrupted while extracting {model}: kept {kept_images} of {n_images} images "
+                   f"({kept_chunks} chunk{'s' if kept_chunks != 1 else ''}) in {path}; "
+                   "run again with the same inputs to resume")
+        super().__init__(msg)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception, so that the finished images are written before the process ends."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While extracting, SIGTERM (a killed job, ``timeout``, a scheduler) raises like Ctrl-C does instead
+    of ending the process on the spot; only in the main thread and only if nobody else handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,12 +188,26 @@ def _collate(items: Any) -> _Batch:
     return _Batch(x, [i for i, _ in good], bad)
 
 
-def _batches(chunks: Sequence[int], chunk_size: int, n: int, batch_size: int) -> list[list[int]]:
-    out = []
-    for c in chunks:
-        lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
-        out.extend(list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size))
-    return out
+Span = tuple[int, int]  # dataset positions [lo, hi)
+
+
+def _work_units(gaps: Sequence[Span], batch_size: int, chunk_size: int) -> list[list[Span]]:
+    """Cut the missing position ranges into units of whole batches, at most ``chunk_size`` images each.
+
+    Batch boundaries sit on the global grid of multiples of ``batch_size`` (cut by the gap edges), so the
+    batches of a resumed run are the batches an uninterrupted run feeds the model: same rows, same order."""
+    units: list[list[Span]] = []
+    for lo, hi in gaps:
+        cuts = [lo, *range((lo // batch_size + 1) * batch_size, hi, batch_size), hi]
+        unit: list[Span] = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if unit and (b - unit[0][0]) > chunk_size:
+                units.append(unit)
+                unit = []
+            unit.append((a, b))
+        if unit:
+            units.append(unit)
+    return units
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,6 +292,7 @@ def extract_features(
     drop_background: bool = True,
     strict: bool = False,
     chunk_size: int | None = None,
+    chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
     channels_last: bool | None = None,
     distributed: bool | str = "auto",
     progress: bool = True,
@@ -240,11 +309,19 @@ def extract_features(
     :class:`~transferkit.data.CorruptImageWarning` (``strict=True``: raise). ``preprocess``: overrides of
     the model's data config (``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``, ``crop_mode``).
     Under ``torchrun`` the work is sharded over ranks and merged by rank 0 (see ``distributed.py``).
+
+    Resuming: the cache is written in chunks of at most ``chunk_size`` images (default 1024; the batch size
+    is capped at it), and at least every ``chunk_seconds`` of work (default 30; ``None``: size only). On
+    Ctrl-C / SIGTERM the images done so far are written and :class:`ExtractionInterrupted` says what was
+    kept; the next call with the same inputs computes only the missing images, whatever its chunk size.
+    ``metadata`` then reports ``chunks_from_cache`` of ``total_chunks``. A full or read-only disk raises
+    :class:`~transferkit.reporting.OutputWriteError` naming the file, with the finished chunks kept.
     """
     entry = ModelEntry.from_spec(model, name) if isinstance(model, (str, ModelEntry)) else None
     opts: dict[str, Any] = dict(entry.options) if entry is not None else {}
     layer = opts.pop("layer", layer)
     batch_size = int(opts.pop("batch_size", batch_size))
+    chunk_size = _check_chunking(batch_size, chunk_size, chunk_seconds)
     precision = opts.pop("precision", precision)
     drop_background = opts.pop("drop_background", drop_background)
     ds = open_dataset(data, split, per_class=per_class, seed=seed, test_fraction=test_fraction)
@@ -273,15 +350,28 @@ def extract_features(
         with tempfile.TemporaryDirectory(prefix="transferkit_nocache_") as tmp:
             fs = _run(prep, ds, FeatureCache(tmp).entry(key), ctx, dev, prec, doc, metadata, layer=layer,
                       batch_size=batch_size, num_workers=num_workers, probs=probs, drop_background=drop_background,
-                      strict=strict, chunk_size=chunk_size, channels_last=channels_last, progress=progress,
-                      display=display)
+                      strict=strict, chunk_size=chunk_size, chunk_seconds=chunk_seconds, channels_last=channels_last,
+                      progress=progress, display=display, persistent=False)
     else:
         fs = _run(prep, ds, cache.entry(key), ctx, dev, prec, doc, metadata, layer=layer, batch_size=batch_size,
                   num_workers=num_workers, probs=probs, drop_background=drop_background, strict=strict,
-                  chunk_size=chunk_size, channels_last=channels_last, progress=progress, display=display)
+                  chunk_size=chunk_size, chunk_seconds=chunk_seconds, channels_last=channels_last, progress=progress,
+                  display=display, persistent=True)
     fs.metadata["model"]["name"] = display
     _report_skipped(fs, strict)
     return fs
+
+
+def _check_chunking(batch_size: int, chunk_size: int | None, chunk_seconds: float | None) -> int:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    if chunk_size is None:
+        chunk_size = DEFAULT_CHUNK_SIZE
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of images, got {chunk_size!r}")
+    if chunk_seconds is not None and not (float(chunk_seconds) > 0):
+        raise ValueError(f"chunk_seconds must be positive (or None: no time bound), got {chunk_seconds!r}")
+    return int(chunk_size)
 
 
 def _fingerprint(ds: ImageDataset) -> str:
@@ -306,8 +396,9 @@ def _report_skipped(fs: FeatureSet, strict: bool) -> None:
 
 def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext, dev: torch.device, prec: str,
          doc: dict[str, Any], metadata: dict[str, Any], *, layer: str | None, batch_size: int,
-         num_workers: int | None, probs: bool, drop_background: bool, strict: bool, chunk_size: int | None,
-         channels_last: bool | None, progress: bool, display: str) -> FeatureSet:
+         num_workers: int | None, probs: bool, drop_background: bool, strict: bool, chunk_size: int,
+         chunk_seconds: float | None, channels_last: bool | None, progress: bool, display: str,
+         persistent: bool) -> FeatureSet:
     t0 = time.perf_counter()
     n = len(ds)
     if n == 0:
@@ -316,35 +407,60 @@ def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext,
     complete = ctx.broadcast(entry.is_complete() if ctx.is_main else None)
     if complete:
         return _share_result(ctx, entry, entry.load() if ctx.is_main else None, cache_hit=True)
-    # 2. which chunks are missing
-    cs = chunk_size or max(batch_size, (DEFAULT_CHUNK // batch_size) * batch_size)
+    # 2. which positions are missing, cut into units of whole batches
+    bs = min(batch_size, chunk_size)
     plan = None
     if ctx.is_main:
-        cs = entry.open(n, cs, doc)
-        n_chunks = -(-n // cs)
-        plan = (cs, n_chunks, sorted(set(range(n_chunks)) - entry.done_chunks()))
-    cs, n_chunks, todo = ctx.broadcast(plan)
+        entry.open(n, doc)
+        pieces, gaps = entry.cover(n)
+        plan = (len(pieces), _work_units(gaps, bs, chunk_size))
+    from_cache, units = ctx.broadcast(plan)
     if not ctx.is_main:
-        entry.open(n, cs, doc)
-    mine = todo[ctx.rank::ctx.world]
-    computed = _compute(prep, ds, entry, mine, cs, dev, prec, layer=layer, batch_size=batch_size,
-                        num_workers=num_workers, probs=probs, drop_background=drop_background, strict=strict,
-                        channels_last=channels_last, progress=progress and ctx.is_main, display=display)
+        entry.open(n, doc)
+    mine = units[ctx.rank::ctx.world]
+    try:
+        with _sigterm_interrupts():
+            written = _compute(prep, ds, entry, mine, dev, prec, layer=layer, num_workers=num_workers,
+                               probs=probs, drop_background=drop_background, strict=strict,
+                               chunk_seconds=chunk_seconds, channels_last=channels_last,
+                               progress=progress and ctx.is_main, display=display)
+    except KeyboardInterrupt as exc:
+        pieces, gaps = entry.cover(n)
+        kept = n - sum(b - a for a, b in gaps)
+        signum = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        if not persistent:
+            raise ExtractionInterrupted(display, 0, n, 0, None, signum) from None
+        raise ExtractionInterrupted(display, kept, n, len(pieces), entry.path, signum) from None
+    except OutputWriteError as exc:
+        pieces, gaps = entry.cover(n)
+        kept = n - sum(b - a for a, b in gaps)
+        raise exc.with_detail(f"{kept} of {n} images of {display} computed so far are kept in {entry.path}; "
+                              "free some space and run again to resume" if persistent and kept else
+                              "nothing was kept") from None
     # 3. merge on rank 0 (chunks it cannot see on its disk come over the process group)
     if ctx.active:
         ctx.barrier()
-        missing = ctx.broadcast(sorted(set(range(n_chunks)) - entry.done_chunks()) if ctx.is_main else None)
-        for c in missing:
-            owner = todo.index(c) % ctx.world
-            got = ctx.gather(entry.read_chunk(c) if ctx.rank == owner else None)
+        everyone = ctx.all_gather(written)
+        need = None
+        if ctx.is_main:
+            on_disk = set(entry.chunk_ranges())
+            need = [(r, span) for r, spans in enumerate(everyone) for span in spans if span not in on_disk]
+        for owner, span in ctx.broadcast(need):
+            got = ctx.gather(entry.read_chunk(*span) if ctx.rank == owner else None)
             if ctx.is_main:
-                entry.write_chunk(c, **got[owner])
+                entry.write_chunk(*span, **got[owner])
     fs = None
     if ctx.is_main:
+        computed = sum(len(w) for w in everyone) if ctx.active else len(written)
         meta = dict(metadata, seconds=round(time.perf_counter() - t0, 3), device=str(dev),
-                    world_size=ctx.world, computed_chunks=len(todo), total_chunks=n_chunks, chunk_size=cs)
-        fs = entry.finalize(n_chunks, ds.classes, meta)
-    del computed
+                    world_size=ctx.world, computed_chunks=computed, chunks_from_cache=from_cache,
+                    computed_images=sum(u[-1][1] - u[0][0] for u in units), chunk_size=chunk_size,
+                    chunk_seconds=chunk_seconds, batch_size=bs)
+        try:
+            fs = entry.finalize(n, ds.classes, meta)
+        except OutputWriteError as exc:
+            raise exc.with_detail(f"all {n} images of {display} are computed and kept as chunks in {entry.path}; "
+                                  "free some space and run again to finish" if persistent else "") from None
     return _share_result(ctx, entry, fs, cache_hit=False)
 
 
@@ -357,22 +473,22 @@ def _share_result(ctx: DistContext, entry: CacheEntry, fs: FeatureSet | None, ca
         else:
             sent = ctx.broadcast(fs)
             if not ctx.is_main and not entry.is_complete():  # a private cache: rank 0 holds the chunks now
-                for p in entry.path.glob("chunk-*.npz"):
-                    p.unlink(missing_ok=True)
+                entry.remove_chunks()
             fs = fs if ctx.is_main else sent
     assert fs is not None
     fs.metadata["cache_hit"] = cache_hit
     return fs
 
 
-def _compute(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, chunks: list[int], cs: int,
-             dev: torch.device, prec: str, *, layer: str | None, batch_size: int, num_workers: int | None,
-             probs: bool, drop_background: bool, strict: bool, channels_last: bool | None, progress: bool,
-             display: str) -> int:
-    """Run the model over the given chunks, writing each as soon as it is complete. Returns items done."""
-    if not chunks:
-        return 0
-    n = len(ds)
+def _compute(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, units: list[list[Span]],
+             dev: torch.device, prec: str, *, layer: str | None, num_workers: int | None, probs: bool,
+             drop_background: bool, strict: bool, chunk_seconds: float | None, channels_last: bool | None,
+             progress: bool, display: str) -> list[Span]:
+    """Run the model over the units' batches; a chunk is written at the end of each unit, when
+    ``chunk_seconds`` have passed since the last write, and (what is done) when the run is stopped.
+    Returns the position ranges of the chunks written."""
+    if not units:
+        return []
     model = prep.build().to(dev).eval()
     if channels_last is None:  # NHWC helps convolutions on GPUs and on CPUs (oneDNN); no-op for transformers
         channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -382,57 +498,75 @@ def _compute(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, chunks: list[
     fn = make_feature_fn(model, layer, with_logits=probs)
     background = prep.background_index if drop_background else None
     workers = default_num_workers(dev, ds.is_preprocessed) if num_workers is None else num_workers
+    spans = [(a, b, k == len(u) - 1) for u in units for k, (a, b) in enumerate(u)]  # (lo, hi, ends a unit)
     loader = torch.utils.data.DataLoader(
-        _Items(ds, prep.transform(ds)), batch_sampler=_batches(chunks, cs, n, batch_size),
+        _Items(ds, prep.transform(ds)), batch_sampler=[list(range(a, b)) for a, b, _ in spans],
         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
         prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
-    total = sum(min(n, (c + 1) * cs) - c * cs for c in chunks)
-    bar = _progress(progress, total, display)
-    done = 0
-    cur, buf = -1, _ChunkBuffer()
+    bar = _progress(progress, sum(b - a for a, b, _ in spans), display)
+    written: list[Span] = []
+    buf = _ChunkBuffer()
+    last_write = time.monotonic()
+
+    def flush() -> None:
+        nonlocal buf, last_write
+        entry.write_chunk(buf.lo, buf.hi, **buf.arrays(ds))
+        written.append((buf.lo, buf.hi))
+        buf, last_write = _ChunkBuffer(), time.monotonic()
+
     try:
         with torch.inference_mode():
-            for batch in loader:
-                first = batch.idx[0] if batch.idx else batch.bad[0][0]
-                c = first // cs
-                if c != cur:
-                    cur, buf = c, _ChunkBuffer()
-                if batch.bad:
-                    if strict:
-                        i, nm, err = batch.bad[0]
-                        raise CorruptImageError(nm, f"{err} (strict mode; finished chunks are kept in the cache)")
-                    buf.bad.extend(batch.bad)
+            for (lo, hi, unit_end), batch in zip(spans, loader, strict=True):
+                if batch.bad and strict:
+                    i, nm, err = batch.bad[0]
+                    raise CorruptImageError(nm, f"{err} (strict mode; finished chunks are kept in the cache)")
+                feats = lg = None
                 if batch.x is not None:
                     x = batch.x.to(dev, non_blocking=True)
                     if cl and x.ndim == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with _autocast(dev, prec):
-                        feats, logits = fn(x)
-                    buf.feats.append(feats.float())
-                    if probs and logits is not None:
-                        buf.probs.append(_probs(logits, background))
-                    buf.idx.extend(batch.idx)
-                k = len(batch.idx) + len(batch.bad)
-                buf.count += k
-                done += k
-                bar.update(k)
-                if buf.count == min(n, (c + 1) * cs) - c * cs:
-                    entry.write_chunk(c, **buf.arrays(ds))
-                    cur, buf = -1, _ChunkBuffer()
+                        feats, lg = fn(x)
+                buf.add(lo, hi, batch, feats, _probs(lg, background) if probs and lg is not None else None)
+                bar.update(hi - lo)
+                if unit_end or (chunk_seconds is not None and time.monotonic() - last_write >= chunk_seconds):
+                    flush()
+    except OutputWriteError:
+        raise
+    except BaseException:
+        if buf.count:  # keep the whole batches done before the stop (Ctrl-C, SIGTERM, strict, OOM...)
+            with contextlib.suppress(Exception):
+                flush()
+        raise
     finally:
         bar.close()
         if hasattr(fn, "remove_hook"):
             fn.remove_hook()
-    return done
+    return written
 
 
 class _ChunkBuffer:
+    """Outputs of consecutive batches (dataset positions ``[lo, hi)``) waiting to be written as one chunk."""
+
     def __init__(self) -> None:
         self.feats: list[torch.Tensor] = []
         self.probs: list[torch.Tensor] = []
         self.idx: list[int] = []
         self.bad: list[tuple[int, str, str]] = []
+        self.lo = self.hi = -1
         self.count = 0
+
+    def add(self, lo: int, hi: int, batch: _Batch, feats: torch.Tensor | None, probs: torch.Tensor | None) -> None:
+        if self.count == 0:
+            self.lo = lo
+        self.hi = hi
+        self.count += hi - lo
+        self.bad.extend(batch.bad)
+        if feats is not None:
+            self.feats.append(feats.float())
+            self.idx.extend(batch.idx)
+        if probs is not None:
+            self.probs.append(probs)
 
     def arrays(self, ds: ImageDataset) -> dict[str, np.ndarray]:
         idx = np.asarray(self.idx, dtype=np.int64)
@@ -479,13 +613,17 @@ def extract_zoo(
     num_workers: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    chunk_size: int | None = None,
+    chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
     **kwargs: Any,
 ) -> dict[str, FeatureSet]:
     """Features of every model of a zoo on one dataset: ``{model name: FeatureSet}``.
 
     ``models``: a list of specs (or :class:`~transferkit.models.ModelEntry`), or the path of a zoo YAML
-    file (``.yaml``/``.yml``; per-model options apply); any other single string is one spec. The dataset is opened and fingerprinted once. Cached models cost
-    nothing; other keyword arguments go to :func:`extract_features`.
+    file (``.yaml``/``.yml``; per-model options apply); any other single string is one spec. The dataset is
+    opened and fingerprinted once. Cached models cost nothing; an interrupted call resumes where it stopped
+    (``chunk_size`` / ``chunk_seconds``: how often the cache is written, see :func:`extract_features`);
+    other keyword arguments go to :func:`extract_features`.
     """
     if isinstance(models, (str, Path)) and Path(models).suffix.lower() in (".yaml", ".yml"):
         entries = read_zoo(models)
@@ -501,6 +639,7 @@ def extract_zoo(
     out: dict[str, FeatureSet] = {}
     for e in entries:
         out[e.name] = extract_features(e, ds, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers,
-                                       device=device, progress=progress, seed=seed, **kwargs)
+                                       device=device, progress=progress, seed=seed, chunk_size=chunk_size,
+                                       chunk_seconds=chunk_seconds, **kwargs)
         out[e.name].metadata["dataset"].update(per_class=per_class, seed=seed)
     return out
