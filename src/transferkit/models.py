@@ -296,7 +296,14 @@ class ResolvedModel:
 
         nc = {} if self.num_classes is None else {"num_classes": self.num_classes}
         if self.kind == "timm":
-            model = timm.create_model(self.spec, pretrained=self.pretrained, **nc, **self.model_args)
+            overlay = {}
+            if self.pretrained:  # no network: one line in seconds, not a minute of retries
+                from .hub_access import check_weights_reachable
+
+                cached = check_weights_reachable(self.spec, self.pretrained_cfg)
+                if cached and not self.config_needs_build:
+                    overlay = {"pretrained_cfg_overlay": {"file": cached}}
+            model = timm.create_model(self.spec, pretrained=self.pretrained, **nc, **overlay, **self.model_args)
         elif self.kind == "local-dir":
             model = self._build_local_dir(nc)
         elif self.kind == "builtin":
@@ -453,13 +460,19 @@ def _resolve_timm(spec: str, common: dict[str, Any]) -> ResolvedModel:
         arch, pcfg = None, {"hf_hub_id": spec.split(":", 1)[1]}
     else:
         name = spec.removeprefix("timm/")
+        local = (" (a local folder needs the prefix: local-dir:" + name + ")") if Path(name).is_dir() else ""
         if not timm.is_model(name):
             raise ValueError(f"unknown model {spec!r}: not a timm architecture, an existing path, "
-                             "'local-dir:<folder>', '<arch>@<checkpoint>' or a built-in (cifar_resnet20/56)")
+                             "'local-dir:<folder>', '<arch>@<checkpoint>' or a built-in (cifar_resnet20/56)"
+                             + local)
         try:
             cfg = get_pretrained_cfg(name)
-        except RuntimeError as exc:  # unknown tag
-            raise ValueError(f"{spec!r}: {exc}") from exc
+        except RuntimeError as exc:  # unknown pretrained tag
+            arch, _, tag = name.partition(".")
+            known = timm.list_pretrained(f"{arch}.*")
+            raise ValueError(f"unknown model {spec!r}: timm has no pretrained tag {tag!r} for {arch}; it knows "
+                             f"{', '.join(known) if known else 'none'}. A local folder (config.json + weights) "
+                             "needs the prefix local-dir:, e.g. local-dir:path/to/" + name) from exc
         arch, pcfg = name.split(".")[0], (cfg.to_dict() if cfg is not None else {})
     return ResolvedModel(name if not spec.startswith(("hf-hub:", "hf_hub:")) else spec, "timm", arch=arch,
                          pretrained_cfg=pcfg, **common)
@@ -469,7 +482,12 @@ def _resolve_local_dir(spec: str, path: Path, common: dict[str, Any]) -> Resolve
     cfg_path = path / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{path}: no config.json (a timm local-dir folder needs config.json + weights)")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{cfg_path}: not a readable timm config.json ({exc})") from exc
+    if not isinstance(cfg, dict) or not cfg.get("architecture"):
+        raise ValueError(f"{cfg_path}: no 'architecture' entry (a timm local-dir config.json names its architecture)")
     if "pretrained_cfg" in cfg:
         pcfg = dict(cfg["pretrained_cfg"])
         for k in ("num_classes", "label_names", "label_descriptions"):
@@ -478,6 +496,9 @@ def _resolve_local_dir(spec: str, path: Path, common: dict[str, Any]) -> Resolve
     else:  # legacy single-dict format
         pcfg = {k: v for k, v in cfg.items() if k not in ("architecture", "model_args")}
     rm = ResolvedModel(spec, "local-dir", arch=cfg.get("architecture"), path=path, pretrained_cfg=pcfg, **common)
+    if rm.pretrained and rm.weights_file is None:
+        raise FileNotFoundError(f"{path}: has config.json but no weights file (model.safetensors, "
+                                "pytorch_model.bin, *.pth or *.bin); copy the weights next to config.json")
     bg = cfg.get("background_class_index")
     rm.background_index = int(bg) if bg is not None else None
     return rm
