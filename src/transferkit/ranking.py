@@ -19,7 +19,7 @@ import numpy as np
 
 from .estimators import get_estimator, score_zoo
 
-__all__ = ["ZooFeatures", "MethodResult", "load_feature_file", "rank_zoo", "read_ground_truth",
+__all__ = ["ZooFeatures", "MethodResult", "RankResults", "load_feature_file", "rank_zoo", "read_ground_truth",
            "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = ("logme", "leep", "nleep", "sfda", "etran", "ncti", "itm")
@@ -46,6 +46,30 @@ class MethodResult:
 
     def ranking(self) -> list[tuple[str, float]]:
         return sorted(self.scores.items(), key=lambda kv: -kv[1])
+
+
+class RankResults(list):
+    """The per-method results of :func:`rank_zoo` (a list of :class:`MethodResult`) with the answer on top:
+    ``.recommendation`` is the consensus recommendation built from these scores (one seed)."""
+
+    consensus_methods: tuple[str, ...] = ()
+
+    @property
+    def recommendation(self) -> Any:
+        from .consensus import CONSENSUS_AGGREGATION, CONSENSUS_METHODS
+        from .recommend import _recommendation, summarize
+
+        summaries = {r.method: summarize(r.method, [r.scores] if r.scores else [], [self.seed], r.seconds, r.error)
+                     for r in self}
+        names = list(self.models)
+        ingredients = [m for m in (self.consensus_methods or CONSENSUS_METHODS)]
+        missing = [m for m in ingredients if m not in summaries]
+        for m in missing:
+            summaries[m] = summarize(m, [], [self.seed], 0.0, "not run (add it to methods)")
+        return _recommendation(names, summaries, ingredients, CONSENSUS_AGGREGATION)
+
+    seed: int = 0
+    models: tuple[str, ...] = ()
 
 
 def load_feature_file(path: str | Path, name: str | None = None) -> ZooFeatures:
@@ -91,16 +115,20 @@ def rank_zoo(
     random_state: int = 0,
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
     on_method: Callable[[str], None] | None = None,
-) -> list[MethodResult]:
+) -> RankResults:
     """Score every model with every method. Methods that cannot run (e.g. LEEP without source
-    probabilities) are reported with their error instead of stopping the others."""
+    probabilities) are reported with their error instead of stopping the others.
+
+    The result is a list of :class:`MethodResult`; its ``.recommendation`` is the consensus answer
+    (:func:`transferkit.recommend.recommend` does the same with several seeds)."""
     if not zoo:
         raise ValueError("no models to rank")
     names = [z.name for z in zoo]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate model names: {names}")
     _check_same_labels(zoo)
-    out = []
+    out = RankResults()
+    out.seed, out.models = random_state, tuple(names)
     for method in methods:
         est = get_estimator(method, **dict((method_params or {}).get(method, {})))
         if on_method:

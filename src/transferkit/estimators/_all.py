@@ -23,6 +23,7 @@ _MODULES = (
     "ncti",
     "itm",
     "linear_probe",
+    "consensus",
 )
 
 for _name in _MODULES:
