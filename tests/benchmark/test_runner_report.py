@@ -29,8 +29,9 @@ def test_runner_scores_metrics_and_timings(toy_result: tuple) -> None:
     spec, res, logs = toy_result
     (d,) = res.datasets
     assert d.dataset == "toy" and d.n_images == 24 and d.accuracies == {"r20": 70.0, "eff": 80.0, "res": 60.0}
-    assert [o.method for o in d.methods] == ["logme", "sfda"]
-    for o in d.methods:
+    assert [o.method for o in d.methods] == ["logme", "sfda", "random", "params"]  # + baselines
+    assert res.methods == ["logme", "sfda", "random", "params"]
+    for o in d.methods[:2]:
         assert o.error is None and set(o.scores) == {"r20", "eff", "res"} and o.seconds >= 0
         assert o.metrics == pytest.approx(rank_metrics(o.scores, d.accuracies), nan_ok=True)
     assert res.table()["logme"]["toy"] == d.methods[0].metrics["weighted_tau_scipy"]
@@ -57,7 +58,7 @@ def test_report_files_and_round_trip(toy_result: tuple, tmp_path: Path) -> None:
     assert json.dumps(back.table()) == json.dumps(res.table())
     assert back.datasets[0].accuracies == res.datasets[0].accuracies
     head = headline_markdown(res)
-    assert head.splitlines()[0] == "| method | toy | mean | time / dataset (s) |" and head.count("\n") == 3
+    assert head.splitlines()[0] == "| method | toy | mean | time / dataset (s) |" and head.count("\n") == 5  # 2 methods + 2 baselines
 
 
 def test_failed_method_is_reported_not_fatal(toy_spec: Path) -> None:  # noqa: F811

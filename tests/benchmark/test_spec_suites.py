@@ -109,8 +109,10 @@ def test_itm10_suite(tmp_path: Path) -> None:
 
 def test_spec_files_load_and_match_the_suite() -> None:
     offline = load_spec(REPO / "benchmarks" / "offline" / "spec.yaml")
-    assert len(offline.zoo) == 10 and [d.name for d in offline.datasets] == [
-        "eurosat", "dtd10", "flower_photos", "cifar10", "fashion_mnist"]
+    five = ["eurosat", "dtd10", "flower_photos", "cifar10", "fashion_mnist"]
+    assert len(offline.zoo) == 10 and [d.name for d in offline.datasets] == [f"{n}_10shot" for n in five] + five
+    assert offline.baselines == ["random", "params", "source_accuracy"] and offline.spread_seeds == [0, 1, 2]
+    assert sum("imagenet_top1" in e.info for e in offline.zoo) == 6
     itm = load_spec(REPO / "benchmarks" / "specs" / "itm10.yaml")
     timm_names = {m[0]: m[1] for m in ITM10_MODELS}
     assert [e.name for e in itm.zoo] == [m[0] for m in ITM10_MODELS]

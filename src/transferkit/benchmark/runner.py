@@ -1,8 +1,11 @@
 """Run a benchmark spec: features of the zoo on every dataset, every method's scores, rank metrics, timings.
 
 Per dataset: features come from :func:`transferkit.features.extract_zoo` (content-addressed cache: a rerun
-costs nothing), scores and per-method wall-clock from :func:`transferkit.ranking.rank_zoo`, and the rank
-metrics against the ground truth from :func:`transferkit.metrics.rank_metrics`.
+costs nothing), scores and per-method wall-clock from :func:`transferkit.ranking.rank_zoo`, the baseline rows
+from :mod:`.baselines`, and the rank metrics against the ground truth from :func:`transferkit.metrics.rank_metrics`.
+The stochastic methods (``STOCHASTIC_METHODS``: they read ``random_state``) are also scored at the spec's
+``spread_seeds`` for the seed-spread check. :func:`rescore` recomputes every metric from saved scores and a
+(new) ground truth: no model, no features.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from ..models import ModelEntry, resolve_model
 from ..reporting import write_csv, write_json
 from .spec import BenchmarkSpec, DatasetSpec
 
-__all__ = ["BenchmarkResult", "DatasetResult", "MethodOutcome", "feature_entries", "run_benchmark"]
+__all__ = ["STOCHASTIC_METHODS", "BenchmarkResult", "DatasetResult", "MethodOutcome", "feature_entries", "rescore",
+           "run_benchmark"]
+
+# Estimators whose score depends on random_state: ITM (random initialisation of its training), NLEEP (GMM /
+# k-means initialisation), NCTI (randomized PCA), PACTran (random initial weights), linear_probe (fold
+# assignment). PARC fixes its PCA seed upstream (1919) and kNN-1 is exact, so they are deterministic.
+STOCHASTIC_METHODS = ("itm", "nleep", "ncti", "pactran", "linear_probe")
 
 
 @dataclass
@@ -33,6 +42,7 @@ class MethodOutcome:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    note: str = ""
 
 
 @dataclass
@@ -43,6 +53,7 @@ class DatasetResult:
     extract_seconds: dict[str, float] = field(default_factory=dict)
     n_images: int = 0
     missing_ground_truth: list[str] = field(default_factory=list)
+    seed_scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # method -> seed -> scores
 
 
 @dataclass
@@ -145,7 +156,10 @@ def _run_dataset(spec: BenchmarkSpec, ds: DatasetSpec, accuracies: dict[str, flo
     extract_s = {name: float(fs.metadata.get("seconds", math.nan)) for name, fs in sets.items()}
     outcomes = []
     for r in rank_zoo(zoo, methods, random_state=spec.seed, method_params=spec.method_params):
-        o = MethodOutcome(r.method, {k: float(v) for k, v in r.scores.items()}, float(r.seconds), error=r.error)
+        failed = getattr(r, "failed", None) or {}
+        o = MethodOutcome(r.method, {k: float(v) for k, v in r.scores.items()}, float(r.seconds), error=r.error,
+                          note=("left out: " + "; ".join(f"{m} ({why})" for m, why in failed.items())) if failed
+                          else "")
         if o.error is None:
             try:
                 o.metrics = rank_metrics(o.scores, {m: accuracies[m] for m in o.scores})
@@ -154,8 +168,27 @@ def _run_dataset(spec: BenchmarkSpec, ds: DatasetSpec, accuracies: dict[str, flo
         outcomes.append(o)
         status = f"{o.metrics.get(spec.primary_metric, math.nan):+.3f}" if o.error is None else f"failed: {o.error}"
         log(f"  {ds.name:>16} {o.method:<12} {spec.primary_metric}={status}  ({o.seconds:.2f} s)")
-    return DatasetResult(ds.name, {m.name: accuracies[m.name] for m in models}, outcomes, extract_s,
-                         n_images=len(zoo[0].y), missing_ground_truth=missing)
+    acc = {m.name: accuracies[m.name] for m in models}
+    if spec.baselines:
+        from .baselines import baseline_outcomes
+
+        for o in baseline_outcomes(models, acc, baselines=spec.baselines, cache_dir=fo.cache_dir, seed=spec.seed):
+            outcomes.append(o)
+            status = f"{o.metrics.get(spec.primary_metric, math.nan):+.3f}" if o.error is None else f"failed: {o.error}"
+            log(f"  {ds.name:>16} {o.method:<12} {spec.primary_metric}={status}  (baseline)")
+    seed_scores: dict[str, dict[str, dict[str, float]]] = {}
+    stochastic = [o.method for o in outcomes if o.method in STOCHASTIC_METHODS and o.error is None]
+    if stochastic and len(set(spec.spread_seeds) | {spec.seed}) > 1:
+        for o in outcomes:
+            if o.method in stochastic:
+                seed_scores[o.method] = {str(spec.seed): dict(o.scores)}
+        for s in sorted(set(spec.spread_seeds) - {spec.seed}):
+            log(f"  {ds.name:>16} seed spread: {', '.join(stochastic)} at seed {s}")
+            for r in rank_zoo(zoo, stochastic, random_state=s, method_params=spec.method_params):
+                if r.error is None:
+                    seed_scores[r.method][str(s)] = {k: float(v) for k, v in r.scores.items()}
+    return DatasetResult(ds.name, acc, outcomes, extract_s, n_images=len(zoo[0].y), missing_ground_truth=missing,
+                         seed_scores=seed_scores)
 
 
 def run_benchmark(spec: BenchmarkSpec, *, progress: bool = True,
@@ -182,4 +215,29 @@ def run_benchmark(spec: BenchmarkSpec, *, progress: bool = True,
             "processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
             "features": {d.name: {k: v for k, v in asdict(spec.feature_options(d)).items() if k != "cache_dir"}
                          for d in spec.datasets}}
-    return BenchmarkResult(spec.name, spec.primary_metric, spec.ground_truth, methods, results, info)
+    ran = {o.method for d in results for o in d.methods}
+    extra = [b for b in spec.baselines if b not in methods and b in ran]
+    return BenchmarkResult(spec.name, spec.primary_metric, spec.ground_truth, methods + extra, results, info)
+
+
+def rescore(result: BenchmarkResult, ground_truth: dict[str, dict[str, float]]) -> BenchmarkResult:
+    """Recompute every metric of ``result`` from its saved scores against ``ground_truth``
+    (``{dataset: {model: accuracy}}``), in place; no model or feature is needed."""
+    from .baselines import outcome_metrics
+
+    seed = int(result.info.get("seed", 0))
+    for d in result.datasets:
+        if d.dataset not in ground_truth:
+            raise ValueError(f"the ground truth has no dataset {d.dataset!r} (it has {sorted(ground_truth)})")
+        gt = ground_truth[d.dataset]
+        lacking = sorted(set(d.accuracies) - set(gt))
+        if lacking:
+            raise ValueError(f"{d.dataset}: the ground truth lacks {lacking}, which the saved scores cover")
+        d.accuracies = {m: float(gt[m]) for m in d.accuracies}
+        for o in d.methods:
+            if o.error is None and o.scores:
+                try:
+                    o.metrics = outcome_metrics(o.method, o.scores, d.accuracies, seed)
+                except ValueError as exc:
+                    o.error = f"rank metrics: {exc}"
+    return result

@@ -14,6 +14,8 @@
     features: {per_class: 40, img_size: 64, batch_size: 64, cache_dir: ../../.transferkit_cache}
     finetune: {epochs: 8, per_class_train: 40, per_class_test: 50, img_size: 64, ...}
     report: report                   # output folder
+    baselines: [random, params, source_accuracy]   # baseline rows (default: all three; [] for none)
+    spread_seeds: [0, 1, 2]          # estimator seeds of the seed-spread check (stochastic methods only)
 
 Relative paths are resolved against the spec file's folder. ``features`` defaults to the fine-tuning budget
 (same split, per-class subset and resolution): the estimators see exactly the images the ground truth was
@@ -79,6 +81,8 @@ class BenchmarkSpec:
     features: FeatureOptions = field(default_factory=FeatureOptions)
     finetune: dict[str, Any] = field(default_factory=dict)
     report: str = "report"
+    baselines: list[str] = field(default_factory=lambda: ["random", "params", "source_accuracy"])
+    spread_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     description: str = ""
     base_dir: Path = field(default_factory=Path.cwd)
     source: str | None = None
@@ -189,7 +193,7 @@ def spec_from_dict(doc: Mapping[str, Any], base_dir: str | Path, source: str | N
         raise ValueError(f"{where}: expected a mapping at the top level")
     base = Path(base_dir).resolve()
     allowed = {"name", "description", "seed", "zoo", "datasets", "ground_truth", "methods", "method_params",
-               "primary_metric", "features", "finetune", "report"}
+               "primary_metric", "features", "finetune", "report", "baselines", "spread_seeds"}
     unknown = sorted(set(doc) - allowed)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -229,8 +233,30 @@ def spec_from_dict(doc: Mapping[str, Any], base_dir: str | Path, source: str | N
         method_params=dict(doc.get("method_params") or {}), primary_metric=primary, seed=int(doc.get("seed", 0)),
         features=FeatureOptions(**fe), finetune=ft, report=str(doc.get("report", "report")),
         description=str(doc.get("description", "")), base_dir=base, source=source)
+    if "baselines" in doc:
+        spec.baselines = _name_list(doc["baselines"], f"{where}: baselines")
+        from .baselines import BASELINES
+
+        bad = sorted(set(spec.baselines) - set(BASELINES))
+        if bad:
+            raise ValueError(f"{where}: unknown baseline(s) {bad}; known: {list(BASELINES)}")
+    if "spread_seeds" in doc:
+        seeds = doc["spread_seeds"] or []
+        if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ValueError(f"{where}: spread_seeds must be a list of integers, got {seeds!r}")
+        spec.spread_seeds = list(seeds)
     FinetuneConfig.from_dict({**ft, "model": "check", "data": "check"})  # validate the budget early
     return spec
+
+
+def _name_list(v: Any, where: str) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [x.strip() for x in v.split(",") if x.strip()]
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return list(v)
+    raise ValueError(f"{where}: expected a list of names, got {v!r}")
 
 
 def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:

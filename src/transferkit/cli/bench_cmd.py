@@ -22,18 +22,34 @@ import click
               "published:<table>.")
 @click.option("--cache", "cache_dir", help="Feature cache folder (default: the spec's).")
 @click.option("--device", help="Feature extraction device (default: the spec's).")
-@click.option("--replot", is_flag=True, help="Only rebuild report.md and the figures from results.json.")
+@click.option("--replot", "--from-records", "replot", is_flag=True,
+              help="Rebuild the report from the saved scores (results.json in the report folder) and the "
+                   "ground-truth CSV with its per-image records: metrics, intervals, paired comparisons and "
+                   "stability tables are recomputed; no model, no features.")
+@click.option("--n-boot", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Bootstrap samples over test images for the intervals.")
+@click.option("--spread-seeds", help="Estimator seeds of the seed-spread check, e.g. 0,1,2 (default: the spec's; "
+              "'none' to skip).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(spec: str, out_dir: str | None, methods: str | None, models: str | None, datasets: str | None,
             data_root: str | None, checkpoints: tuple[str, ...], skip_missing: bool, gt: str | None,
-            cache_dir: str | None, device: str | None, replot: bool, no_plots: bool, quiet: bool) -> None:
-    """Benchmark transferability estimators: per-dataset weighted tau, Kendall tau, Spearman rho, top-1
-    relative accuracy and wall-clock of every method against fine-tuned ground truth.
+            cache_dir: str | None, device: str | None, replot: bool, n_boot: int, spread_seeds: str | None,
+            no_plots: bool, quiet: bool) -> None:
+    """Benchmark transferability estimators against fine-tuned ground truth: per method the mean weighted
+    tau and top-1 regret with 95 % bootstrap intervals over test images, per-dataset values, wall-clock,
+    paired comparisons, leave-one-model-out and seed-spread checks, and the baseline rows random, params,
+    source_accuracy (and the linear_probe estimator).
 
     SPEC is a benchmark YAML file or a built-in suite (itm10: the ITM paper's zoo and Table 3 ground
-    truth; needs --data-root and --checkpoint for MoCov3-B16 / SimMIM-B16). Writes report.md, metrics.csv,
-    scores.csv, results.json and PNG figures.
+    truth; needs --data-root and --checkpoint for MoCov3-B16 / SimMIM-B16). Datasets may be image folders
+    (<root>/<split>/<class>/<image>) or zips of them. Writes report.md, metrics.csv, scores.csv,
+    results.json, intervals.csv, paired.csv and PNG figures.
+
+    Intervals need the per-image records that `transferkit finetune` writes next to the ground-truth CSV
+    (<csv stem>_predictions/); without them the report has point values only. The report is reproducible
+    from the committed CSV + records + results.json alone: `transferkit bench SPEC --replot`
+    (alias --from-records).
     """
     from ..benchmark.report import write_report
     from ..benchmark.runner import BenchmarkResult, run_benchmark
@@ -69,15 +85,32 @@ def command(spec: str, out_dir: str | None, methods: str | None, models: str | N
             bench.features.cache_dir = str(Path(cache_dir).resolve())
         if device:
             bench.features.device = device
+        if spread_seeds:
+            try:
+                bench.spread_seeds = [] if spread_seeds.strip().lower() == "none" else \
+                    [int(s) for s in spread_seeds.split(",") if s.strip()]
+            except ValueError:
+                raise click.BadParameter(f"--spread-seeds takes integers like 0,1,2, got {spread_seeds!r}") from None
         out = Path(out_dir) if out_dir else bench.report_dir()
+        gt_csv = bench.ground_truth_csv() if hasattr(bench, "ground_truth_csv") else None
         if replot:
+            from ..benchmark.runner import rescore
+
             result = BenchmarkResult.load(out)
+            if datasets:
+                keep = set(names(datasets))
+                result.datasets = [d for d in result.datasets if d.dataset in keep]
+                if not result.datasets:
+                    raise ValueError(f"{out}/results.json has none of the datasets {sorted(keep)}")
+            if gt_csv is not None and gt_csv.exists():
+                rescore(result, bench.load_ground_truth())
         else:
             result = run_benchmark(bench, progress=not quiet, log=click.echo)
-        paths = write_report(result, out, bench.description, plots=not no_plots)
+        paths = write_report(result, out, bench.description, plots=not no_plots, ground_truth_csv=gt_csv,
+                             n_boot=n_boot, log=click.echo)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     from ..benchmark.report import headline_markdown
 
-    click.echo("\n" + headline_markdown(result))
+    click.echo("\n" + headline_markdown(result, analysis=paths.get("analysis")))
     click.echo(f"\nreport: {paths['report']}")
