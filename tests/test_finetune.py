@@ -216,3 +216,18 @@ def test_unreadable_images_are_skipped_and_labels_stay_aligned(tmp_path: Path) -
         assert torch.equal(t.batch(slice(0, 8))[:, :, 0, 0].argmax(1)[2:], t.labels[2:])  # colour = class
         assert means.shape == (8,)
     assert len(list((tmp_path / "c").glob("*.npy"))) == 1
+
+
+def test_eval_every_evaluates_every_kth_and_the_last_epoch(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gt.csv"
+    cfg = tiny_config(data_dir, tmp_path / "w", epochs=3, eval_every=2, lrs=[3e-3], output=str(out))
+    assert cfg.eval_epochs == [2, 3] and cfg.identity() != cfg.replace(eval_every=1).identity()
+    seen: list[tuple[int, int]] = []
+    res = finetune(cfg, on_epoch=lambda p, e, a: seen.append((p, e)))
+    assert seen == [(0, 2), (0, 3)] and len(res.histories[0]["history"]) == 2
+    assert res.best_epoch in (2, 3)
+    rec = np.load(records_path(out, "test_efficientnet", "toy"))
+    assert rec["predictions"].shape == (1, 2, 12) and rec["epochs"].tolist() == [2, 3]
+    assert read_ground_truth_rows(out)[0]["eval_every"] == "2"
+    with pytest.raises(ValueError, match="eval_every"):
+        cfg.replace(eval_every=0)

@@ -53,6 +53,7 @@ class FinetuneConfig:
     per_class_test: int | None = None
     img_size: int | None = None
     epochs: int = 10
+    eval_every: int = 1
     batch_size: int = 32
     eval_batch_size: int = 128
     lrs: tuple[float, ...] = PAPER_LRS
@@ -82,6 +83,8 @@ class FinetuneConfig:
             problems.append("data is empty")
         if int(self.epochs) < 1:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if int(self.eval_every) < 1:
+            problems.append(f"eval_every must be >= 1, got {self.eval_every}")
         if int(self.batch_size) < 1 or int(self.eval_batch_size) < 1:
             problems.append("batch sizes must be >= 1")
         if not self.lrs or any(v <= 0 for v in self.lrs):
@@ -108,7 +111,7 @@ class FinetuneConfig:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if problems:
             raise ValueError("invalid fine-tuning config: " + "; ".join(problems))
-        self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
+        self.epochs, self.batch_size, self.eval_every = int(self.epochs), int(self.batch_size), int(self.eval_every)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -144,6 +147,11 @@ class FinetuneConfig:
         return [(lr, wd) for lr in self.lrs for wd in self.weight_decays]
 
     @property
+    def eval_epochs(self) -> list[int]:
+        """The epochs (1-based) after which the test set is evaluated."""
+        return [e for e in range(1, self.epochs + 1) if e % self.eval_every == 0 or e == self.epochs]
+
+    @property
     def display_model(self) -> str:
         from ..models import default_model_name
 
@@ -160,12 +168,14 @@ class FinetuneConfig:
         """Short hash of everything that changes the result (names the resumable run state)."""
         doc = {k: getattr(self, k) for k in _RESULT_FIELDS}
         doc["lrs"], doc["weight_decays"] = list(self.lrs), list(self.weight_decays)
+        if self.eval_every != 1:  # absent when 1, so runs from before the option keep their identity
+            doc["eval_every"] = self.eval_every
         blob = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def budget(self) -> dict[str, Any]:
         """The budget fields recorded next to each ground-truth row."""
-        return {"epochs": self.epochs, "batch_size": self.batch_size, "per_class_train": self.per_class_train,
+        return {"epochs": self.epochs, "eval_every": self.eval_every, "batch_size": self.batch_size, "per_class_train": self.per_class_train,
                 "per_class_test": self.per_class_test, "img_size_cap": self.img_size,
                 "lrs": " ".join(f"{v:g}" for v in self.lrs),
                 "weight_decays": " ".join(f"{v:g}" for v in self.weight_decays),

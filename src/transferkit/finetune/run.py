@@ -193,9 +193,9 @@ def finetune(cfg: FinetuneConfig, *, on_epoch: EpochCallback | None = None) -> F
     histories = [state["points"][str(i)] for i in range(len(cfg.grid))]
     best = (-1.0, 0, 0)
     for i, h in enumerate(histories):
-        for e, acc in enumerate(h["history"]):
+        for epoch, acc in zip(cfg.eval_epochs, h["history"], strict=True):
             if acc > best[0]:  # ties: the earlier grid point / epoch wins
-                best = (acc, i, e + 1)
+                best = (acc, i, epoch)
     acc, bi, be = best
     result = FinetuneResult(cfg.display_model, cfg.display_dataset, acc, histories[bi]["lr"],
                             histories[bi]["weight_decay"], be, histories, sum(h["seconds"] for h in histories),
@@ -205,6 +205,7 @@ def finetune(cfg: FinetuneConfig, *, on_epoch: EpochCallback | None = None) -> F
         atomic_savez(records_path(cfg.output, cfg.display_model, cfg.display_dataset),
                      predictions=preds.astype(np.int16), labels=ctx.test.labels.numpy().astype(np.int16),
                      lrs=np.array([g[0] for g in cfg.grid]), weight_decays=np.array([g[1] for g in cfg.grid]),
+                     epochs=np.array(cfg.eval_epochs),
                      classes=np.array(train_ds.classes), test_fingerprint=np.array(test_ds.fingerprint()))
         row = result.row()
         row["spec"] = relative_spec(rm.spec, Path(cfg.output).resolve().parent)

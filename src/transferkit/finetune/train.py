@@ -28,6 +28,7 @@ from .images import ImageTensors, augment_batch, normalize_batch
 __all__ = ["EpochCallback", "TrainContext", "evaluate", "predict", "train_grid_point"]
 
 EpochCallback = Callable[[int, int, float], None]  # (grid point index, epoch (1-based), test accuracy %)
+# called after every evaluated epoch (see FinetuneConfig.eval_every)
 
 
 @dataclass
@@ -95,8 +96,9 @@ def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cf
                      ctx: TrainContext, checkpoint: Path, *, on_epoch: EpochCallback | None = None,
                      desc: str = "") -> tuple[list[float], float, torch.Tensor]:
     """Fine-tune a copy of ``base_model`` at (lr, wd) for ``cfg.epochs`` epochs, resuming from ``checkpoint``
-    when it belongs to this grid point. Returns (test accuracy after each epoch, seconds spent in total,
-    the predicted class of every test image after each epoch: ``(epochs, n_test)`` int16)."""
+    when it belongs to this grid point. Returns (test accuracy after each evaluated epoch — every epoch of
+    ``cfg.eval_epochs`` —, seconds spent in total, the predicted class of every test image after each evaluated
+    epoch: ``(len(cfg.eval_epochs), n_test)`` int16)."""
     model = copy.deepcopy(base_model).to(ctx.device)
     opt = torch.optim.AdamW(_param_groups(model, lr, wd, cfg.head_lr_scale), lr=lr, weight_decay=wd)
     n, bs = len(ctx.train), cfg.batch_size
@@ -111,6 +113,7 @@ def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cf
     history: list[float] = []
     predictions: list[torch.Tensor] = []
     seconds = 0.0
+    done = 0  # finished epochs
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=ctx.device, weights_only=True)
         # a checkpoint of another grid point, or one without per-image records, is not resumed
@@ -121,13 +124,14 @@ def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cf
             scaler.load_state_dict(state["scaler"])
             history, seconds = [float(a) for a in state["history"]], float(state["seconds"])
             predictions = list(state["predictions"].cpu())
+            done = int(state.get("epochs_done", len(history)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=len(history) * steps_per_epoch, desc=desc, unit="step", leave=False,
+    bar = tqdm(total=total, initial=done * steps_per_epoch, desc=desc, unit="step", leave=False,
                dynamic_ncols=True, disable=not cfg.progress)
     try:
-        for epoch in range(len(history), cfg.epochs):
+        for epoch in range(done, cfg.epochs):
             t0 = time.perf_counter()
             es = _epoch_seed(cfg.seed, point, epoch)
             gen = torch.Generator().manual_seed(es)
@@ -147,19 +151,22 @@ def train_grid_point(base_model: nn.Module, point: int, lr: float, wd: float, cf
                 scaler.update()
                 sched.step()
                 bar.update(1)
-            pred = predict(model, ctx.test, ctx, cfg.eval_batch_size)
-            acc = 100.0 * int((pred.long() == ctx.test.labels).sum()) / max(1, len(ctx.test))
-            history.append(acc)
-            predictions.append(pred)
+            if epoch + 1 in cfg.eval_epochs:
+                pred = predict(model, ctx.test, ctx, cfg.eval_batch_size)
+                history.append(100.0 * int((pred.long() == ctx.test.labels).sum()) / max(1, len(ctx.test)))
+                predictions.append(pred)
             seconds += time.perf_counter() - t0
-            bar.set_postfix(acc=f"{acc:.2f}", best=f"{max(history):.2f}", loss=f"{loss.item():.3f}")
+            if history:
+                bar.set_postfix(acc=f"{history[-1]:.2f}", best=f"{max(history):.2f}", loss=f"{loss.item():.3f}")
             atomic_torch_save({"point": point, "lr": lr, "weight_decay": wd, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                 "scaler": scaler.state_dict(), "history": history, "seconds": seconds,
-                                "predictions": torch.stack(predictions)},
+                                "epochs_done": epoch + 1,
+                                "predictions": torch.stack(predictions) if predictions
+                                else torch.empty(0, len(ctx.test), dtype=torch.int16)},
                                checkpoint)
-            if on_epoch is not None:
-                on_epoch(point, epoch + 1, acc)
+            if on_epoch is not None and epoch + 1 in cfg.eval_epochs:
+                on_epoch(point, epoch + 1, history[-1])
     finally:
         bar.close()
     return history, seconds, torch.stack(predictions) if predictions else torch.empty(0, len(ctx.test),
