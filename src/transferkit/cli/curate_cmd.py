@@ -6,38 +6,50 @@ from typing import Any
 
 import click
 
+from ._common import check_output_file, readable_warnings, split_list, verbosity_options
+
+EXAMPLES = """\b
+Examples:
+  transferkit curate --queries ../shared/data/eurosat/eurosat.zip --gallery ../shared/data/cifar10/cifar10.zip \\
+      --budget 2000 -m local-dir:../shared/weights/mobilenetv2_100.in1k -o transfer_set.csv
+  transferkit curate -c curate.yaml --budget 5000     # options from a YAML file, one overridden
+"""
+
 
 def _given(ctx: click.Context, name: str) -> bool:
     src = ctx.get_parameter_source(name)
     return src is not None and src != click.core.ParameterSource.DEFAULT
 
 
-@click.command("curate")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
+@click.command("curate", epilog=EXAMPLES)
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, exists=True),
               help="YAML file of curate options (command-line options override it).")
 @click.option("--queries", help="Labeled target dataset used as queries (folder, zip, csv, npz, idx).")
-@click.option("--gallery", multiple=True, help="Gallery (pool) dataset; repeat for several.")
+@click.option("--gallery", multiple=True, help="Gallery (pool) dataset; repeat or comma-separate for several.")
 @click.option("--budget", type=int, help="Transfer-set size (number of crops).")
 @click.option("--model", "-m", help="Embedding model: any spec `transferkit extract` accepts.")
 @click.option("--out", "-o", default="transfer_set.csv", show_default=True, help="Manifest to write.")
 @click.option("--strategy", type=click.Choice(["balanced", "random"]), default="balanced", show_default=True,
               help="Query-balanced retrieval, or a random set from the same pool (baseline).")
-@click.option("--query-split", default="train", show_default=True)
+@click.option("--query-split", default="train", show_default=True, help="Split of --queries used as queries.")
 @click.option("--query-per-class", type=int, help="Use only this many query images per class (seeded).")
 @click.option("--gallery-split", default="all", show_default=True, help="Split of every --gallery dataset.")
 @click.option("--gallery-per-class", type=int, help="Subsample every gallery dataset per class (seeded).")
 @click.option("--test", default="auto", show_default=True,
               help="Leakage guard: the target's test images ('auto': the queries' test split; 'none': off).")
-@click.option("--test-split", default="test", show_default=True)
+@click.option("--test-split", default="test", show_default=True,
+              help="Split of --queries whose images the leakage guard keeps out of the transfer set.")
 @click.option("--test-per-class", type=int, help="Guard against only this many test images per class (seeded).")
 @click.option("--scales", default="1,0.5", show_default=True, help="Gallery crop scales (1 = whole image).")
 @click.option("--grid", default=None, help="Grid size per scale (default ceil(1/scale)); one value or a list.")
 @click.option("--query-scales", default="1", show_default=True, help="Query crop scales (multi-crop queries).")
 @click.option("--index", "index_kind", type=click.Choice(["auto", "flat", "ivf", "ivfpq", "numpy"]), default="auto",
               show_default=True, help="Search index (auto: exact up to --exact-max items, IVF-PQ above).")
-@click.option("--exact-max", type=int, default=200_000, show_default=True)
+@click.option("--exact-max", type=int, default=200_000, show_default=True,
+              help="With --index auto: exact search up to this many gallery crops, IVF-PQ above.")
 @click.option("--nlist", type=int, help="IVF lists (default ~4 sqrt(n)).")
-@click.option("--nprobe", type=int, default=32, show_default=True)
+@click.option("--nprobe", type=int, default=32, show_default=True,
+              help="IVF lists searched per query (more: better recall, slower).")
 @click.option("--pq-m", type=int, default=32, show_default=True, help="IVF-PQ bytes per vector.")
 @click.option("--candidates", type=int, help="Neighbours per query crop (default 4 x quota + 16, grown as needed).")
 @click.option("--dup-threshold", type=float, default=0.98, show_default=True,
@@ -45,11 +57,12 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--leak-threshold", type=float, default=0.995, show_default=True,
               help="Cosine to a test image above which a crop is excluded as leakage.")
 @click.option("--max-per-image", type=int, help="At most this many crops of one gallery image.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", "-b", type=int, default=64, show_default=True, help="Embedding batch size.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--cache-dir", default=".transferkit_cache", show_default=True, help="Feature/embedding cache.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the per-class subsamples, the random strategy and the index training.")
+@verbosity_options
 @click.pass_context
 def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
     """Curate a transfer set: query-balanced crop retrieval from --gallery with --queries.
@@ -63,7 +76,10 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
     if config_path:
         import yaml
 
-        doc = yaml.safe_load(open(config_path).read()) or {}
+        try:
+            doc = yaml.safe_load(open(config_path).read()) or {}
+        except yaml.YAMLError as exc:
+            raise click.BadParameter(f"not valid YAML ({' '.join(str(exc).split())})", param_hint="--config") from exc
         if not isinstance(doc, dict):
             raise click.BadParameter("the config file must hold a mapping", param_hint="--config")
     index_doc = dict(doc.pop("index", {}) or {})
@@ -76,7 +92,7 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
                 doc[name] = opts[name]
     if opts["gallery"]:
         doc["gallery"] = [GallerySource(g, split=opts["gallery_split"], per_class=opts["gallery_per_class"])
-                          for g in opts["gallery"]]
+                          for g in split_list(opts["gallery"])]
     elif _given(ctx, "gallery_split") or _given(ctx, "gallery_per_class"):
         # never ignore an option silently: these only shape galleries named with --gallery
         raise click.UsageError("--gallery-split/--gallery-per-class apply to --gallery; set split/per_class "
@@ -92,10 +108,12 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
     missing = [n for n in ("queries", "gallery", "budget", "model") if not doc.get(n)]
     if missing:
         raise click.UsageError(f"missing {', '.join('--' + m for m in missing)} (or set them in --config)")
+    check_output_file(doc.get("out") or "transfer_set.csv")  # before the embeddings, not after
     try:
         cfg = CurateConfig.from_dict({**doc, "index": IndexConfig(**index_doc)})
-        result = curate(cfg)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+        with readable_warnings(opts["verbose"]):
+            result = curate(cfg)
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:  # TypeError: an unknown config key
         raise click.ClickException(str(exc)) from exc
     rep = result.report
     sel = rep["selection"]

@@ -7,9 +7,23 @@ from typing import Any
 
 import click
 
+from ._common import check_output_dir, readable_warnings, verbosity_options
 
-def _csv_list(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+EXAMPLES = """\b
+Examples:
+  transferkit distill -c benchmarks/distill_eurosat.yaml --methods all --seeds 0,1,2
+  transferkit distill -c benchmarks/distill_eurosat.yaml --set distill.lr=0.002 --set views=4 -o runs/try1
+  transferkit distill -c benchmarks/distill_eurosat.yaml --print-config     # every config key, resolved
+
+\b
+Config keys: `transferkit distill --print-config` prints every key with its value (YAML, usable as a
+--config file); docs/distill.md ("Use") explains them. Any key can be set with --set KEY=VALUE.
+"""
+
+
+def _csv_list(value: tuple[str, ...] | str | None) -> list[str]:
+    return [v.strip() for item in ([value] if isinstance(value, str) else (value or ()))
+            for v in item.split(",") if v.strip()]
 
 
 def _build_config(config: str | None, sets: tuple[str, ...], options: dict[str, Any]) -> Any:
@@ -48,29 +62,32 @@ def _print_run(r: dict[str, Any]) -> None:
     click.echo(format_table([row], precision=4))
 
 
-@click.command("distill")
-@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Run config (YAML); options below override it.")
+@click.command("distill", epilog=EXAMPLES)
+@click.option("--config", "-c", type=click.Path(dir_okay=False),
+              help="Run config (YAML; keys: see --print-config); options below override it.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any config field (YAML value), e.g. --set distill.lr=0.002 --set views=4.")
 @click.option("--teacher", help="Teacher model spec (timm name, local-dir:<folder>, arch@checkpoint).")
-@click.option("--student", help="Student model spec.")
-@click.option("--data", help="Labeled target dataset (folder, zip, csv, npz, IDX).")
+@click.option("--student", help="Student model spec (as --teacher).")
+@click.option("--data", "-d", help="Labeled target dataset (folder, zip, csv, npz, IDX).")
 @click.option("--per-class", type=int, help="Few-shot: labeled images per class.")
 @click.option("--transfer", help="Unlabeled transfer set: a dataset (labels ignored) or a `transferkit curate` manifest.")
 @click.option("--method", type=click.Choice(["task_oriented", "feature_distill", "pretrained", "scratch"]),
               help="One method (default: the config's).")
-@click.option("--methods", help="Comma-separated methods (or 'all'): run each and print a comparison table.")
-@click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (comparison over seeds).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (or root of a comparison).")
+@click.option("--methods", multiple=True,
+              help="Methods, comma-separated or repeated (or 'all'): run each and print a comparison table.")
+@click.option("--seeds", multiple=True, help="Seeds, comma-separated or repeated, e.g. 0,1,2 (comparison over seeds).")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), help="Run folder (or root of a comparison).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), help="Cache folder for teacher outputs.")
 @click.option("--device", help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--export-onnx/--no-export-onnx", default=None, help="Export the final student to ONNX (+ check).")
 @click.option("--resume/--no-resume", default=None, help="Continue an interrupted run (default) or start over.")
-@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config (every key) as YAML and exit.")
+@verbosity_options
 def command(config: str | None, sets: tuple[str, ...], teacher: str | None, student: str | None, data: str | None,
-            per_class: int | None, transfer: str | None, method: str | None, methods: str | None, seeds: str | None,
-            out_dir: str | None, cache_dir: str | None, device: str | None, export_onnx: bool | None,
-            resume: bool | None, print_config: bool) -> None:
+            per_class: int | None, transfer: str | None, method: str | None, methods: tuple[str, ...],
+            seeds: tuple[str, ...], out_dir: str | None, cache_dir: str | None, device: str | None,
+            export_onnx: bool | None, resume: bool | None, print_config: bool, quiet: bool, verbose: bool) -> None:
     """Task-oriented knowledge transfer from a teacher model to a small student, or one of the baselines.
 
     (a) adapt the teacher to the labeled target set (linear probe or fine-tune), (b) train the student on
@@ -85,11 +102,11 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
         cfg = _build_config(config, sets, {
             "teacher": teacher, "student": student, "data": data, "per_class": per_class, "transfer": transfer,
             "method": method, "out_dir": out_dir, "cache_dir": cache_dir, "device": device,
-            "export_onnx": export_onnx, "resume": resume})
+            "export_onnx": export_onnx, "resume": resume, "progress": False if quiet else None})
         if print_config:
             click.echo(cfg.to_yaml(), nl=False)
             return
-        method_list = list(METHODS) if (methods or "").strip() == "all" else _csv_list(methods)
+        method_list = list(METHODS) if _csv_list(methods) == ["all"] else _csv_list(methods)
         bad = [m for m in method_list if m not in METHODS]
         if bad:
             raise click.BadParameter(f"unknown method(s) {bad}; choose from {list(METHODS)}", param_hint="--methods")
@@ -97,8 +114,10 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
             seed_list = [int(s) for s in _csv_list(seeds)]
         except ValueError as exc:
             raise click.BadParameter(f"seeds must be integers ({exc})", param_hint="--seeds") from exc
+        check_output_dir(cfg.out_dir)  # before hours of training, not after
         if not method_list and not seed_list:
-            result = run_distill(cfg.validate())
+            with readable_warnings(verbose):
+                result = run_distill(cfg.validate())
             if _is_main():
                 _print_run(result)
                 click.echo(f"results: {Path(cfg.out_dir) / 'results.json'}")
@@ -107,7 +126,8 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
         seed_list = seed_list or [cfg.seed]
         for m in method_list:  # fail before hours of work, not after
             cfg.replace(method=m).validate()
-        results = run_comparison(cfg, method_list, seed_list)
+        with readable_warnings(verbose):
+            results = run_comparison(cfg, method_list, seed_list)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
     if not _is_main():

@@ -7,6 +7,15 @@ from typing import Any
 
 import click
 
+from ._common import split_list, check_output_dir, check_output_file, readable_warnings, verbosity_options
+
+EXAMPLES = """\b
+Examples:
+  transferkit finetune -m local-dir:../shared/weights/mobilenetv1_025.in1k -d ../shared/data/dtd10/dtd10.zip \\
+      --epochs 3 --per-class-train 20 --img-size 128 --out groundtruth.csv
+  transferkit finetune --spec benchmarks/offline/spec.yaml --shard 0/2   # every missing pair of a benchmark
+"""
+
 
 def _floats(value: str | None) -> list[float] | None:
     if value is None:
@@ -17,8 +26,8 @@ def _floats(value: str | None) -> list[float] | None:
         raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from exc
 
 
-def _names(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _names(value: tuple[str, ...] | str | None) -> list[str] | None:
+    return split_list(value) or None
 
 
 def _shard(value: str) -> tuple[int, int]:
@@ -29,40 +38,48 @@ def _shard(value: str) -> tuple[int, int]:
     return i, n
 
 
-@click.command("finetune")
-@click.option("--model", "model", help="Model spec (timm name, local-dir:<folder>, arch@checkpoint, ...).")
-@click.option("--data", help="Dataset with train and test splits (folder, zip, csv, npz, fashion-mnist).")
+@click.command("finetune", epilog=EXAMPLES)
+@click.option("--model", "-m", "model", help="Model spec (timm name, local-dir:<folder>, arch@checkpoint, ...).")
+@click.option("--data", "-d", help="Dataset with train and test splits (folder, zip, csv, npz, fashion-mnist).")
 @click.option("--name", "model_name", help="Model name in the ground-truth CSV (default: from the spec).")
 @click.option("--dataset-name", help="Dataset name in the ground-truth CSV (default: the file stem).")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="Benchmark spec: fine-tune every "
               "pair missing from its ground-truth CSV.")
-@click.option("--models", help="With --spec: only these models (comma-separated names).")
-@click.option("--datasets", help="With --spec: only these datasets (comma-separated names).")
+@click.option("--models", multiple=True, help="With --spec: only these models (comma-separated or repeated names).")
+@click.option("--datasets", multiple=True,
+              help="With --spec: only these datasets (comma-separated or repeated names).")
 @click.option("--shard", default="0/1", show_default=True, help="With --spec: take every n-th pair, i/n "
               "(run n processes, one per core, on one table).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML file of budget options.")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+              help="YAML file of budget options (the keys of the options below, e.g. epochs: 5).")
+@click.option("--epochs", type=int, help="Training epochs per grid point (default 10); test accuracy after each.")
+@click.option("--batch-size", "-b", type=int, help="Training batch size (default 32).")
 @click.option("--per-class-train", type=int, help="Seeded stratified subset of the train split.")
 @click.option("--per-class-test", type=int, help="Seeded stratified subset of the test split.")
 @click.option("--img-size", type=int, help="Resolution cap: min(this, the model's native size).")
 @click.option("--lrs", help="Learning rates (default: the paper's 1e-5,2e-5,5e-5).")
 @click.option("--weight-decays", help="Weight decays (default: the paper's 1e-2,1e-4).")
 @click.option("--head-lr-scale", type=float, help="Learning-rate multiplier of the new head.")
-@click.option("--augment", type=click.Choice(["none", "flip", "flip_crop"]))
-@click.option("--bn", type=click.Choice(["train", "frozen"]), help="BatchNorm statistics: updated or frozen.")
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]))
-@click.option("--seed", type=int)
-@click.option("--device")
-@click.option("--amp", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+@click.option("--augment", type=click.Choice(["none", "flip", "flip_crop"]),
+              help="Training augmentation: none, horizontal flip, or flip + random resized crop (default).")
+@click.option("--bn", type=click.Choice(["train", "frozen"]),
+              help="BatchNorm running statistics: updated while training (default) or kept frozen.")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]),
+              help="Learning-rate schedule over the epochs (default constant, as the paper).")
+@click.option("--seed", type=int, help="Seed of the subsets, head initialisation, shuffling and augmentation "
+              "(default 0).")
+@click.option("--device", help="auto (default), cpu, cuda, cuda:1, mps.")
+@click.option("--amp", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Mixed precision (auto: bf16/fp16 on a GPU that supports it, fp32 on CPU).")
 @click.option("--threads", "num_threads", type=int, help="torch CPU threads.")
-@click.option("--work-dir", help="Resumable run state and decoded-image cache.")
-@click.option("--out", "output", type=click.Path(dir_okay=False), help="Ground-truth CSV to add the result to.")
+@click.option("--work-dir", help="Resumable run state and decoded-image cache (default .transferkit_cache/finetune).")
+@click.option("--out", "-o", "output", type=click.Path(dir_okay=False),
+              help="Ground-truth CSV to add the result to (its folder is checked writable first).")
 @click.option("--force", is_flag=True, help="Fine-tune even if the pair is already in the ground-truth CSV.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@verbosity_options
 def command(model: str | None, data: str | None, model_name: str | None, dataset_name: str | None,
-            spec_path: str | None, models: str | None, datasets: str | None, shard: str, config_path: str | None,
-            force: bool, quiet: bool, **opts: Any) -> None:
+            spec_path: str | None, models: tuple[str, ...], datasets: tuple[str, ...], shard: str,
+            config_path: str | None, force: bool, quiet: bool, verbose: bool, **opts: Any) -> None:
     """Fine-tune pre-trained models to get ground-truth accuracies (ITM paper protocol, Sec. 4.1).
 
     A new head on the backbone, full fine-tuning with AdamW over the lr x weight-decay grid, test accuracy
@@ -77,6 +94,10 @@ def command(model: str | None, data: str | None, model_name: str | None, dataset
         overrides["work_dir"] = os.path.abspath(overrides["work_dir"])
     if quiet:
         overrides["progress"] = False
+    if "output" in overrides:  # before hours of fine-tuning, not after
+        check_output_file(overrides["output"])
+    if "work_dir" in overrides:
+        check_output_dir(overrides["work_dir"], "--work-dir")
     try:
         if spec_path:
             if model or data:
@@ -91,7 +112,8 @@ def command(model: str | None, data: str | None, model_name: str | None, dataset
                 spec.finetune.update(yaml.safe_load(open(config_path)) or {})
             if "output" in overrides:
                 spec.ground_truth = os.path.abspath(overrides.pop("output"))
-            compute_ground_truth(spec, shard=_shard(shard), force=force, overrides=overrides, log=click.echo)
+            with readable_warnings(verbose):
+                compute_ground_truth(spec, shard=_shard(shard), force=force, overrides=overrides, log=click.echo)
             return
         if not model or not data:
             raise click.UsageError("give --model and --data (one pair) or --spec (a whole benchmark)")
@@ -100,7 +122,8 @@ def command(model: str | None, data: str | None, model_name: str | None, dataset
         if cfg.output and not force and (cfg.display_model, cfg.display_dataset) in ground_truth_pairs(cfg.output):
             click.echo(f"{cfg.display_model} on {cfg.display_dataset} is already in {cfg.output} (use --force)")
             return
-        res = finetune(cfg)
+        with readable_warnings(verbose):
+            res = finetune(cfg)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{res.model} on {res.dataset}: {res.accuracy:.2f}% (lr {res.best_lr:g}, wd {res.best_weight_decay:g}, "

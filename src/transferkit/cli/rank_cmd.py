@@ -100,7 +100,7 @@ def _extracted_zoo(models: list[str], zoo_file: str | None, data: str, split: st
                    workers: int | None, strict: bool, chunk_size: int | None,
                    progress: bool) -> list[ZooFeatures]:
     from ..data import CorruptImageError
-    from ..features import extract_zoo
+    from ..features import ExtractionInterrupted, extract_zoo
 
     spec: list[str] | str = zoo_file if zoo_file else list(models)
     extra = {"chunk_size": chunk_size} if chunk_size else {}
@@ -108,8 +108,14 @@ def _extracted_zoo(models: list[str], zoo_file: str | None, data: str, split: st
         sets = extract_zoo(spec, data, split=split, cache_dir=cache, per_class=per_class, seed=sample_seed,
                            device=device, batch_size=batch_size, num_workers=workers, strict=strict,
                            progress=progress, **extra)
-    except (CorruptImageError, FileNotFoundError, KeyError, ValueError) as exc:
-        raise click.ClickException(str(exc).strip("'\"")) from exc
+    except ExtractionInterrupted as exc:  # what was kept and how to resume; exit 130 (SIGINT) / 143 (SIGTERM)
+        click.echo(f"Interrupted: kept {exc.kept_images} of {exc.n_images} images of {exc.model} in {exc.path}; "
+                   "models finished before are cached too. Run the same command again to resume.", err=True)
+        raise SystemExit(128 + exc.signum) from None
+    except KeyError as exc:  # str(KeyError) is the repr of its message
+        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
+    except (CorruptImageError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
     return [ZooFeatures(name, fs.features, fs.labels, fs.probs) for name, fs in sets.items()]
 
 
@@ -189,8 +195,9 @@ def print_next_steps(demo: bool, out: Path) -> None:
               help="Feature extraction device: auto, cpu, cuda, cuda:1, mps.")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=int, help="Extraction batch size.")
 @click.option("--workers", type=int, default=None, help="DataLoader workers (default: by device and cores).")
-@click.option("--chunk-size", type=int, default=None,
-              help="Images per cache chunk (an interrupted extraction resumes from the last chunk).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Write the feature cache every N images (default 1024; also at least every 30 s of work), "
+                   "so an interrupted run resumes from there.")
 @click.option("--strict", is_flag=True, help="Stop on the first unreadable image instead of skipping it.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @verbosity_options
