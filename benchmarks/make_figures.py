@@ -1,7 +1,8 @@
 """Regenerate every published benchmark figure and report from the committed ground truth.
 
     python benchmarks/make_figures.py             # run the offline benchmark (features are cached) + figures
-    python benchmarks/make_figures.py --replot    # only redraw report.md and the PNGs from results.json
+    python benchmarks/make_figures.py --replot    # rebuild report.md, intervals and PNGs from results.json + the
+                                                  # ground-truth CSV and its per-image records (no model needed)
     python benchmarks/make_figures.py --update-readme   # also refresh the headline table in README.md
     python benchmarks/make_figures.py --partial --update-readme   # while the ground truth is incomplete:
                                                   # only the datasets whose ground truth is complete
@@ -25,7 +26,9 @@ START, END = "<!-- offline-benchmark:start -->", "<!-- offline-benchmark:end -->
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--replot", action="store_true", help="redraw from results.json without recomputing")
+    ap.add_argument("--replot", action="store_true",
+                    help="rebuild from results.json + ground-truth CSV + records, without models or features")
+    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap samples over test images (default 1000)")
     ap.add_argument("--update-readme", action="store_true", help="write the headline table into README.md")
     ap.add_argument("--partial", action="store_true",
                     help="report only the datasets whose ground truth covers the whole zoo (and say so)")
@@ -33,7 +36,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from transferkit.benchmark.report import headline_markdown, write_report
-    from transferkit.benchmark.runner import BenchmarkResult, run_benchmark
+    from transferkit.benchmark.runner import BenchmarkResult, rescore, run_benchmark
     from transferkit.benchmark.spec import load_spec
     from transferkit.reporting import atomic_write_text
 
@@ -43,6 +46,7 @@ def main() -> int:
         note = ""
         if args.replot:
             result = BenchmarkResult.load(out)
+            rescore(result, spec.load_ground_truth())
         else:
             missing = _missing_pairs(spec)
             if missing and args.partial:
@@ -61,8 +65,9 @@ def main() -> int:
                       file=sys.stderr)
                 return 1
             result = run_benchmark(spec, progress=not args.quiet)
-        paths = write_report(result, out, (spec.description + "\n\n" + note) if note else spec.description)
-        headline = headline_markdown(result) + (f"\n\n{note}" if note else "")
+        paths = write_report(result, out, (spec.description + "\n\n" + note) if note else spec.description,
+                             ground_truth_csv=spec.ground_truth_csv(), n_boot=args.n_boot)
+        headline = headline_markdown(result, analysis=paths["analysis"]) + (f"\n\n{note}" if note else "")
         atomic_write_text(out / "headline.md", headline + "\n")
         print(f"{spec.name}: {paths['report']} and {len(paths['figures'])} figures\n\n{headline}\n")
         if args.update_readme and spec.name == "offline":
