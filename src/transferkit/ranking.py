@@ -33,6 +33,7 @@ class ZooFeatures:
     X: np.ndarray
     y: np.ndarray
     P: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # extraction metadata (model, weights hash, data)
 
 
 @dataclass
@@ -59,14 +60,16 @@ class RankResults(list):
         from .consensus import CONSENSUS_AGGREGATION, CONSENSUS_METHODS
         from .recommend import _recommendation, summarize
 
-        summaries = {r.method: summarize(r.method, [r.scores] if r.scores else [], [self.seed], r.seconds, r.error)
-                     for r in self}
+        summaries = {r.method: summarize(r.method, [r.scores] if r.scores else [], [self.seed], r.seconds, r.error,
+                                         models=self.models) for r in self}
         names = list(self.models)
         ingredients = [m for m in (self.consensus_methods or CONSENSUS_METHODS)]
         missing = [m for m in ingredients if m not in summaries]
         for m in missing:
             summaries[m] = summarize(m, [], [self.seed], 0.0, "not run (add it to methods)")
-        return _recommendation(names, summaries, ingredients, CONSENSUS_AGGREGATION)
+        rec = _recommendation(names, summaries, ingredients, CONSENSUS_AGGREGATION)
+        rec.results = list(self)
+        return rec
 
     seed: int = 0
     models: tuple[str, ...] = ()
@@ -89,13 +92,25 @@ def load_feature_file(path: str | Path, name: str | None = None) -> ZooFeatures:
                                  f"X (N x D), y (N) and optionally P; found {d.files}")
             X, y = d["X"], d["y"]
             P = d["P"] if "P" in d.files else None
+            meta = _metadata(d["metadata"]) if "metadata" in d.files else {}
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
     except ValueError as exc:
         if str(exc).startswith(str(path)):
             raise
         raise ValueError(f"{path}: {exc}") from exc
-    return ZooFeatures(name or path.stem, X, y, P)
+    return ZooFeatures(name or path.stem, X, y, P, meta)
+
+
+def _metadata(value: np.ndarray) -> dict[str, Any]:
+    """The JSON metadata string that `transferkit extract` stores (provenance of rank's scores.json)."""
+    import json
+
+    try:
+        meta = json.loads(str(value))
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _check_same_labels(zoo: Sequence[ZooFeatures]) -> None:

@@ -74,9 +74,12 @@ class Recommendation:
     margin: float
     spread: float
     n_informative: int
+    results: list[Any] = field(default_factory=list, repr=False)  # rank_zoo's MethodResults of the first seed
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("results")
+        return out
 
     def table_rows(self) -> list[dict[str, Any]]:
         """The consensus table (one row per model, best first)."""
@@ -99,10 +102,14 @@ def _zoo_inputs(zoo: Any, labels: Any, source_probs: Mapping[str, Any] | None):
 
 
 def summarize(method: str, per_seed: Sequence[Mapping[str, float]], seeds: Sequence[int], seconds: float,
-              error: str | None = None, rtol: float = NOISE_RTOL) -> MethodSummary:
+              error: str | None = None, rtol: float = NOISE_RTOL, models: Sequence[str] = ()) -> MethodSummary:
     """Mean/std over seeds, tie-aware display ranks and the informativeness check of one method."""
     if error is not None or not per_seed:
         return MethodSummary(method, {}, {}, list(seeds), seconds, error=error or "no scores")
+    missing = [m for m in models if any(m not in s for s in per_seed)]
+    if missing:
+        return MethodSummary(method, {}, {}, list(seeds), seconds,
+                             error=f"could not score {', '.join(missing)} (a consensus needs every model)")
     models = list(per_seed[0])
     arr = np.array([[s[m] for m in models] for s in per_seed], dtype=np.float64)
     mean = {m: float(v) for m, v in zip(models, arr.mean(axis=0))}
@@ -163,21 +170,27 @@ def recommend(zoo: Any, labels: Any = None, *, methods: Sequence[str] | None = N
     per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in run}
     seconds = {m: 0.0 for m in run}
     errors: dict[str, str] = {}
+    first: list[Any] = []
     for i, seed in enumerate(seeds):
         todo = [m for m in run if m not in errors and (i == 0 or m in STOCHASTIC_METHODS)]
         if not todo:
             continue
-        for r in rank_zoo(zoo, todo, random_state=seed, method_params=method_params,
-                          on_method=on_method if i == 0 else None):
+        res = rank_zoo(zoo, todo, random_state=seed, method_params=method_params,
+                       on_method=on_method if i == 0 else None)
+        if i == 0:
+            first = list(res)
+        for r in res:
             seconds[r.method] += r.seconds
             if r.error:
                 errors[r.method] = r.error
             else:
                 per_seed[r.method].append(dict(r.scores))
     ran_seeds = {m: (seeds if m in STOCHASTIC_METHODS else seeds[:1]) for m in run}
-    summaries = {m: summarize(m, per_seed[m], ran_seeds[m], seconds[m], errors.get(m)) for m in run}
-    return _recommendation(zoo_names=[z.name for z in zoo], summaries=summaries, ingredients=ingredients,
-                           aggregation=aggregation)
+    names = [z.name for z in zoo]
+    summaries = {m: summarize(m, per_seed[m], ran_seeds[m], seconds[m], errors.get(m), models=names) for m in run}
+    rec = _recommendation(zoo_names=names, summaries=summaries, ingredients=ingredients, aggregation=aggregation)
+    rec.results = first
+    return rec
 
 
 def _recommendation(zoo_names: Sequence[str], summaries: Mapping[str, MethodSummary], ingredients: Sequence[str],

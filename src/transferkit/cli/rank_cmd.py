@@ -15,6 +15,8 @@ import numpy as np
 
 from ..ranking import DEFAULT_METHODS, MethodResult, ZooFeatures, load_feature_file, rank_zoo, read_ground_truth
 from ..reporting import format_table, write_csv, write_json
+from .rank_report import (plot_recommendation, provenance, render_details, render_method_table,
+                          render_recommendation, score_rows, scores_payload)
 from ._common import check_output_dir, deprecation, note, readable_warnings, split_list, verbosity_options
 
 EXAMPLES = """\b
@@ -116,7 +118,7 @@ def _extracted_zoo(models: list[str], zoo_file: str | None, data: str, split: st
         raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
     except (CorruptImageError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    return [ZooFeatures(name, fs.features, fs.labels, fs.probs) for name, fs in sets.items()]
+    return [ZooFeatures(name, fs.features, fs.labels, fs.probs, dict(fs.metadata)) for name, fs in sets.items()]
 
 
 # -- printing (small functions: the rank report can replace them) ----------------------------------------
@@ -177,6 +179,11 @@ def print_next_steps(demo: bool, out: Path) -> None:
 @click.option("--seed", default=0, show_default=True, type=int,
               help="random_state of every estimator (k-means, random projections, ITM's training). "
                    "Does not change which images are used: see --sample-seed.")
+@click.option("--seeds", "seeds_opt", default=None, metavar="LIST",
+              help="Estimator seeds, e.g. 0,1,2: stochastic methods (nleep, pactran, ncti, itm) run once per "
+                   "seed and report mean ± std; deterministic ones run once (default: --seed only).")
+@click.option("--plot/--no-plot", default=True, show_default=True,
+              help="Save rank.png in --out: consensus and every method's normalised score per model.")
 @click.option("--demo", is_flag=True, help="Rank the embedded demo zoo (no files or network needed).")
 @click.option("--models", "-m", multiple=True, metavar="SPECS",
               help="Extract features of these models with --data (repeat or comma-separate): timm name, "
@@ -205,7 +212,8 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
             out_dir: str, seed: int, demo: bool, models: tuple[str, ...], zoo_file: str | None,
             data: str | None, split: str | None, per_class: int | None, sample_seed: int, cache: str,
             device: str, batch_size: int, workers: int | None, chunk_size: int | None, strict: bool,
-            no_progress: bool, quiet: bool, verbose: bool) -> None:
+            no_progress: bool, quiet: bool, verbose: bool, seeds_opt: str | None = None,
+            plot: bool = True) -> None:
     """Rank models by transferability from FEATURES (.npz files with X, y[, P]), from features extracted
     here (--models/--zoo with --data), or of the built-in --demo zoo.
 
@@ -226,6 +234,11 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
         raise click.UsageError("give either --models or --zoo, not both")
     if not (features or data or demo):
         raise click.UsageError("give feature files, --models/--zoo with --data, or --demo")
+    try:
+        seed_list = [int(s) for s in split_list(seeds_opt)] if seeds_opt else [seed]
+    except ValueError:
+        raise click.BadParameter(f"{seeds_opt!r} is not a comma-separated list of integers",
+                                 param_hint="--seeds") from None
     out = check_output_dir(out_dir)
     progress = not (no_progress or quiet)
 
@@ -275,32 +288,42 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
 
     current = {"method": None}
     with readable_warnings(verbose, prefix=lambda: current["method"]):
-        with click.progressbar(length=len(method_list), label="scoring", file=click.get_text_stream("stderr"),
+        from ..consensus import CONSENSUS_METHODS
+        from ..recommend import recommend
+
+        n_run = len(method_list) + len([m for m in CONSENSUS_METHODS if m not in method_list])
+        with click.progressbar(length=n_run, label="scoring", file=click.get_text_stream("stderr"),
                                hidden=not progress) as bar:
             def on_method(m: str) -> None:
                 current["method"] = m
                 bar.update(1)
 
             try:
-                results = rank_zoo(zoo, method_list, random_state=seed, on_method=on_method)
+                rec = recommend(zoo, methods=method_list, seeds=seed_list, on_method=on_method)
+                results = rec.results
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from exc
     print_left_out(results, sources)
-    print_results(results)
+    click.echo("\n" + render_recommendation(rec) + "\n\n" + render_method_table(rec))
+    if verbose:
+        click.echo(render_details(rec))
     if all(r.error for r in results):
         reasons = sorted({r.error for r in results if r.error})
         why = reasons[0] if len(reasons) == 1 else "every method failed (reasons above)"
         raise click.ClickException(f"nothing was scored: {why}")
 
-    rows = [{"method": r.method, "model": m, "score": s, "rank": i + 1, "seconds": r.seconds}
-            for r in results for i, (m, s) in enumerate(r.ranking())]
-    write_csv(out / "scores.csv", rows)
-    payload: dict = {"methods": {r.method: {"scores": r.scores, "seconds": r.seconds, "error": r.error,
-                                            "left_out": r.failed} for r in results}}
+    write_csv(out / "scores.csv", score_rows(rec))
+    payload: dict = {**scores_payload(rec, {r.method: r.failed for r in results}),
+                     "provenance": provenance(zoo, sources, data=data, split=split, per_class=per_class,
+                                              sample_seed=sample_seed, rec=rec, demo=demo)}
     if gt is not None:
         from ..metrics import rank_metrics
 
         metric_rows = []
+        if rec.used:
+            metric_rows.append({"method": "consensus", **rank_metrics({r.model: r.consensus for r in rec.ranking},
+                                                                      {m: gt[m] for m in rec.methods[rec.used[0]].scores}),
+                                "seconds": sum(rec.methods[m].seconds for m in rec.used)})
         for r in results:
             if r.error or len(r.scores) < 2:
                 continue
@@ -314,6 +337,9 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
         payload["ground_truth"] = gt
         payload["metrics"] = metric_rows
     write_json(out / "scores.json", payload)
+    if plot:
+        plot_recommendation(rec, out / "rank.png")
     click.echo(f"\nwrote {out / 'scores.csv'} and {out / 'scores.json'}"
-               + (f" and {out / 'metrics.csv'}" if gt is not None else ""))
+               + (f" and {out / 'metrics.csv'}" if gt is not None else "")
+               + (f" and {out / 'rank.png'}" if plot else ""))
     print_next_steps(demo, out)
