@@ -6,17 +6,29 @@ from pathlib import Path
 
 import click
 
+from ._common import check_output_dir, deprecation, readable_warnings, split_list, verbosity_options
 
-@click.command("bench")
+EXAMPLES = """\b
+Examples:
+  transferkit bench benchmarks/offline/spec.yaml --methods logme,leep,parc -o report/
+  transferkit bench benchmarks/offline/spec.yaml --replot          # rebuild the report, no features
+  transferkit bench itm10 --data-root DATASETS/ --checkpoint MoCov3-B16=mocov3.pth,SimMIM-B16=simmim.pth
+"""
+
+
+@click.command("bench", epilog=EXAMPLES)
 @click.argument("spec")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Report folder (default: the spec's).")
-@click.option("--methods", "-m", help="Comma-separated estimator names or 'all' (default: the spec's).")
-@click.option("--models", help="Only these models (comma-separated names).")
-@click.option("--datasets", help="Only these datasets (comma-separated names).")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
+              help="Report folder (default: the spec's; checked writable before any work).")
+@click.option("--methods", help="Comma-separated estimator names or 'all' (default: the spec's).")
+@click.option("--models", "-m", multiple=True,
+              help="Only these models (comma-separated or repeated names). (Old spelling `-m logme,leep` for "
+                   "--methods still works, with a note.)")
+@click.option("--datasets", multiple=True, help="Only these datasets (comma-separated or repeated names).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Suites: folder holding the datasets.")
 @click.option("--checkpoint", "checkpoints", multiple=True,
               metavar="NAME=PATH",
-              help="Suites: local checkpoint of a model timm has no weights for (repeatable).")
+              help="Suites: local checkpoint of a model timm has no weights for (repeat or comma-separate).")
 @click.option("--skip-missing", is_flag=True, help="Suites: leave out models/datasets that are not available.")
 @click.option("--gt", "gt", help="Ground truth instead of the spec's: a CSV (model, dataset, accuracy) or "
               "published:<table>.")
@@ -31,11 +43,11 @@ import click
 @click.option("--spread-seeds", help="Estimator seeds of the seed-spread check, e.g. 0,1,2 (default: the spec's; "
               "'none' to skip).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(spec: str, out_dir: str | None, methods: str | None, models: str | None, datasets: str | None,
+@verbosity_options
+def command(spec: str, out_dir: str | None, methods: str | None, models: tuple[str, ...], datasets: tuple[str, ...],
             data_root: str | None, checkpoints: tuple[str, ...], skip_missing: bool, gt: str | None,
             cache_dir: str | None, device: str | None, replot: bool, n_boot: int, spread_seeds: str | None,
-            no_plots: bool, quiet: bool) -> None:
+            no_plots: bool, quiet: bool, verbose: bool) -> None:
     """Benchmark transferability estimators against fine-tuned ground truth: per method the mean weighted
     tau and top-1 regret with 95 % bootstrap intervals over test images, per-dataset values, wall-clock,
     paired comparisons, leave-one-model-out and seed-spread checks, and the baseline rows random, params,
@@ -55,14 +67,20 @@ def command(spec: str, out_dir: str | None, methods: str | None, models: str | N
     from ..benchmark.runner import BenchmarkResult, run_benchmark
     from ..benchmark.spec import load_spec
     from ..benchmark.suites import SUITES, get_suite
+    from ..estimators import list_estimators
 
-    names = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    names = lambda v: split_list(v) or None  # noqa: E731
+    known = set(list_estimators()) | {"all"}
+    if models and methods is None and all(m.lower().replace("-", "_") in known for m in split_list(models)):
+        deprecation("`bench -m` now means --models in every command; read as --methods "
+                    f"{','.join(split_list(models))} (spell it --methods)")
+        methods, models = ",".join(split_list(models)), ()
     try:
         if spec in SUITES and not Path(spec).exists():
             if not data_root:
                 raise click.UsageError(f"suite {spec} needs --data-root (the folder holding its datasets)")
             ckpts = {}
-            for c in checkpoints:
+            for c in split_list(checkpoints):
                 if "=" not in c:
                     raise click.BadParameter(f"--checkpoint takes NAME=PATH, got {c!r}")
                 k, v = c.split("=", 1)
@@ -92,6 +110,7 @@ def command(spec: str, out_dir: str | None, methods: str | None, models: str | N
             except ValueError:
                 raise click.BadParameter(f"--spread-seeds takes integers like 0,1,2, got {spread_seeds!r}") from None
         out = Path(out_dir) if out_dir else bench.report_dir()
+        check_output_dir(out)  # before features and scoring, not after
         gt_csv = bench.ground_truth_csv() if hasattr(bench, "ground_truth_csv") else None
         if replot:
             from ..benchmark.runner import rescore
@@ -105,7 +124,8 @@ def command(spec: str, out_dir: str | None, methods: str | None, models: str | N
             if gt_csv is not None and gt_csv.exists():
                 rescore(result, bench.load_ground_truth())
         else:
-            result = run_benchmark(bench, progress=not quiet, log=click.echo)
+            with readable_warnings(verbose):
+                result = run_benchmark(bench, progress=not quiet, log=(lambda m: None) if quiet else click.echo)
         paths = write_report(result, out, bench.description, plots=not no_plots, ground_truth_csv=gt_csv,
                              n_boot=n_boot, log=click.echo)
     except (FileNotFoundError, ValueError, KeyError) as exc:
