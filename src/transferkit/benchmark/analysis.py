@@ -94,7 +94,8 @@ def tie_summary(scores: dict[str, float]) -> tuple[int, int]:
 
 
 def _lomo(result: BenchmarkResult, metric: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    from .baselines import outcome_metrics
+    from .baselines import random_expected_metrics
+    from .batch_metrics import batch_metric
 
     seed = int(result.info.get("seed", 0))
     best_out: dict[str, dict[str, float]] = {}
@@ -104,15 +105,20 @@ def _lomo(result: BenchmarkResult, metric: str) -> tuple[dict[str, dict[str, flo
         for o in d.methods:
             if o.error is not None or len(o.scores) < 3:
                 continue
-            for out_model in o.scores:
-                keep = {m: s for m, s in o.scores.items() if m != out_model}
-                try:
-                    v = outcome_metrics(o.method, keep, d.accuracies, seed).get(metric, math.nan)
-                except ValueError:
-                    v = math.nan
-                any_out.setdefault(o.method, {}).setdefault(out_model, {})[d.dataset] = v
+            models = list(o.scores)
+            keep = ~np.eye(len(models), dtype=bool)  # row k: every model but model k
+            s = np.array([o.scores[m] for m in models])
+            a = np.array([d.accuracies[m] for m in models])
+            S, A = np.stack([s[r] for r in keep]), np.stack([a[r] for r in keep])
+            if o.method == "random":
+                vals = np.array([random_expected_metrics(dict(zip(np.array(models)[r], A[k])), seed)[metric]
+                                 for k, r in enumerate(keep)])
+            else:
+                vals = batch_metric(S, A, metric)
+            for out_model, v in zip(models, vals):
+                any_out.setdefault(o.method, {}).setdefault(out_model, {})[d.dataset] = float(v)
                 if out_model == best:
-                    best_out.setdefault(o.method, {})[d.dataset] = v
+                    best_out.setdefault(o.method, {})[d.dataset] = float(v)
     n = len(result.datasets)
     worst = {}
     for method, by_model in any_out.items():
