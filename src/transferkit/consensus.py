@@ -181,10 +181,11 @@ def aggregate(method_scores: Mapping[str, Mapping[str, float]], aggregation: str
     if not used:
         return Aggregate({m: 0.0 for m in models}, [], excluded, aggregation)
     n = len(models)
+    per_method = [(tied_ranks if aggregation.startswith("rank") else _zscores)(method_scores[k], rtol) for k in used]
     if aggregation.startswith("rank"):
-        mat = np.array([[n - tied_ranks(method_scores[k], rtol)[m] for m in models] for k in used])
+        mat = np.array([[n - r[m] for m in models] for r in per_method])
     else:
-        mat = np.array([[_zscores(method_scores[k], rtol)[m] for m in models] for k in used])
+        mat = np.array([[z[m] for m in models] for z in per_method])
     if aggregation in ("rank_mean", "zscore_mean"):
         col = mat.mean(axis=0)
     elif aggregation == "rank_median":

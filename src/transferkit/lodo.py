@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .consensus import AGGREGATIONS, aggregate
-from .metrics import rank_metrics
+from .metrics import regret, weighted_tau_scipy
 
 __all__ = ["Rule", "Task", "HeldOut", "LodoOutcome", "candidate_rules", "dataset_group", "evaluate_rules",
            "select_rule", "leave_one_dataset_out", "bootstrap_mean_interval"]
@@ -83,6 +83,10 @@ def candidate_rules(methods: Sequence[str], sizes: Iterable[int] = (2, 3),
     return rules
 
 
+_METRICS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
+    "weighted_tau_scipy": weighted_tau_scipy, "regret": regret}
+
+
 def evaluate_rules(rules: Sequence[Rule], tasks: Sequence[Task],
                    metrics: Sequence[str] = ("weighted_tau_scipy", "regret")) -> dict[Rule, dict[str, dict[str, float]]]:
     """``{rule: {task: {metric: value}}}``; a rule whose methods a task lacks gets NaN there."""
@@ -93,8 +97,10 @@ def evaluate_rules(rules: Sequence[Rule], tasks: Sequence[Task],
             if any(m not in t.method_scores for m in rule.methods):
                 per_task[t.name] = {k: math.nan for k in metrics}
                 continue
-            mm = rank_metrics(rule.scores(t.method_scores), t.accuracies)
-            per_task[t.name] = {k: float(mm[k]) for k in metrics}
+            sc = rule.scores(t.method_scores)
+            models = sorted(t.accuracies)
+            s, a = [sc[m] for m in models], [t.accuracies[m] for m in models]
+            per_task[t.name] = {k: float(_METRICS[k](s, a)) for k in metrics}
         out[rule] = per_task
     return out
 
@@ -198,7 +204,8 @@ def leave_one_dataset_out(rules: Sequence[Rule], tasks: Sequence[Task], *,
     held: dict[str, list[HeldOut]] = {f: [] for f in fams}
 
     def choose(train: Sequence[str]) -> dict[str, Rule]:
-        base = {fam: select_rule({r: table[r] for r in rules}, train, allowed) for fam, allowed in FAMILIES.items()}
+        base = {fam: select_rule({r: table[r] for r in rules}, train, allowed) for fam, allowed in FAMILIES.items()
+                if any(allowed(r) for r in rules)}
         tk = top_k_rules(table, train, singles, top_k) if singles and top_k else []
         if tk:
             base["top_k"] = select_rule({r: table[r] for r in tk}, train)

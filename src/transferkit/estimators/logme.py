@@ -15,13 +15,15 @@ all classes at once (each class stops at its own iteration, as in the reference 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs
 
-__all__ = ["LogME", "logme_evidence", "logme_per_class"]
+__all__ = ["LogME", "logme_evidence", "logme_per_class", "warn_small_n"]
 
 _EPS = 1e-5  # added to the residual / weight norms, as upstream
 _MAX_ITER = 11
@@ -111,4 +113,19 @@ class LogME(TransferabilityEstimator):
     components = ()
 
     def _score(self, data: CheckedInputs, random_state: int) -> dict[str, float]:
+        warn_small_n(data.n_samples, data.n_features)
         return {"score": logme_evidence(data.X, data.y)}
+
+
+def warn_small_n(n: int, d: int) -> None:
+    """Warn when N < D: LogME then grows with the feature dimension whatever the features say.
+
+    Measured on features that carry no label information (Gaussian noise, 10 classes;
+    benchmarks/recommend_measurements.py logme): at N >= D every D gives the no-information value
+    (-0.27), at N = 0.9 D it is +0.28 (D=256) / +0.35 (D=1280), at N=400 with D=1280 it is 9.75 and at
+    N=20 it is 297. The jump sits exactly at N = D (the evidence counts D prior dimensions of which only
+    N are constrained by data), so the threshold is N < D."""
+    if n < d:
+        warnings.warn(f"logme: N={n} images < D={d} feature dimensions: LogME is inflated by the feature "
+                      "dimension here (pure-noise features score higher with more dimensions), so models "
+                      "with different D are not comparable; use at least D images", UserWarning, stacklevel=3)
