@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..reporting import atomic_write_text
+from ..reporting import atomic_write_text, output_errors
 from .featureset import FeatureSet, atomic_savez
 
 __all__ = ["CacheEntry", "FeatureCache", "cache_key"]
@@ -91,7 +91,8 @@ class CacheEntry:
 
     def open(self, n_items: int, doc: dict[str, Any]) -> None:
         """Create the entry, or reuse the chunks of an earlier run of the same key and item count."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        with output_errors(self.path, any_errno=True):  # read-only or not permitted: one line naming the folder
+            self.path.mkdir(parents=True, exist_ok=True)
         meta = self.read_meta()
         if meta is not None and meta.get("n_items") == n_items:
             self._adopt_legacy_chunks(int(meta.get("chunk_size") or 0), n_items)
