@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["METHODS", "DistillConfig", "StageConfig"]
+__all__ = ["METHODS", "TASKS", "DistillConfig", "StageConfig"]
 
 METHODS = ("task_oriented", "feature_distill", "pretrained", "scratch")
 """``task_oriented``: the paper's method (adapt teacher -> match its task predictions on the transfer set ->
@@ -24,10 +24,16 @@ fine-tune). ``feature_distill``: task-agnostic baseline (match the frozen teache
 projection -> fine-tune). ``pretrained``: the student's own pretrained weights -> fine-tune. ``scratch``:
 random init -> fine-tune."""
 
-TEACHER_ADAPT = ("linear_probe", "finetune")
+TASKS = ("classification", "segmentation")
+TEACHER_ADAPT = ("linear_probe", "head_only", "finetune")  # head_only: segmentation (frozen backbone, trained decoder)
+TARGET_DTYPES = ("float16", "float32")
 FEATURE_LOSSES = ("cosine", "mse", "smooth_l1")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOG_FORMATS = ("jsonl", "csv")
+
+# segmentation-only fields: left out of the digest of classification runs (existing run folders stay valid)
+_SEG_FIELDS = frozenset({"task", "num_classes", "ignore_index", "class_names", "seg_size", "n_labeled",
+                         "decoder_channels", "teacher_decoder_channels", "target_stride", "target_dtype"})
 
 # fields that do not change what a run computes (excluded from the run digest, so changing them resumes)
 _NON_SEMANTIC = frozenset({"out_dir", "cache_dir", "progress", "num_workers", "num_threads", "resume",
@@ -85,6 +91,8 @@ class DistillConfig:
     (relative to the working directory).
     """
 
+    # -- task ----------------------------------------------------------------------------------------
+    task: str = "classification"  # or "segmentation" (per-pixel labels; see docs/distill.md)
     # -- models ------------------------------------------------------------------------------------
     teacher: str = ""
     student: str = ""
@@ -124,6 +132,16 @@ class DistillConfig:
     distill: StageConfig = field(default_factory=lambda: StageConfig(epochs=10, lr=2e-3, batch_size=64))
     # -- student fine-tuning -----------------------------------------------------------------------
     finetune: StageConfig = field(default_factory=lambda: StageConfig(epochs=50, lr=1e-3, batch_size=32))
+    # -- segmentation (task: segmentation) ------------------------------------------------------------
+    num_classes: int | None = None  # label values 0..num_classes-1 (required for segmentation)
+    ignore_index: int | None = 255  # mask value left out of losses and metrics (CamVid void: 11)
+    class_names: tuple[str, ...] | None = None
+    seg_size: tuple[int, int] = (180, 240)  # (H, W) both models see (views are resized to it)
+    n_labeled: int | None = None  # few-shot: a seeded subset (data_seed) of this many labeled image/mask pairs
+    decoder_channels: int = 64  # width of the student's FPN decoder
+    teacher_decoder_channels: int = 128
+    target_stride: int = 4  # cached teacher logits at 1/target_stride of seg_size (4 = the decoder's own grid)
+    target_dtype: str = "float16"  # storage of cached teacher logits / dense features
     # -- engineering -------------------------------------------------------------------------------
     seed: int = 0
     device: str = "auto"
@@ -149,17 +167,23 @@ class DistillConfig:
             v = getattr(self, name)
             if isinstance(v, dict):
                 setattr(self, name, _stage_from_dict(v, name))
-        for name in ("aug_scale", "aug_ratio", "probe_l2", "log_formats"):
+        for name in ("aug_scale", "aug_ratio", "probe_l2", "log_formats", "seg_size", "class_names"):
             v = getattr(self, name)
             if isinstance(v, (list, tuple)):
                 setattr(self, name, tuple(v))
-            elif name in ("probe_l2", "log_formats"):
+            elif name in ("probe_l2", "log_formats") and v is not None:
                 setattr(self, name, (v,))
 
     def validate(self) -> DistillConfig:
         """Check every field; raises ``ValueError`` naming the problem. Returns ``self``."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "segmentation":
+            self._validate_segmentation()
+        elif self.teacher_adapt == "head_only":
+            raise ValueError("teacher_adapt 'head_only' is for segmentation; classification uses 'linear_probe'")
         if not self.student:
             raise ValueError("no student model: set `student` (a timm name, local-dir:<folder> or checkpoint)")
         if self.method in ("task_oriented", "feature_distill") and not self.teacher:
@@ -209,6 +233,28 @@ class DistillConfig:
         for name in ("adapt", "distill", "finetune"):
             getattr(self, name).validate(name)
         return self
+
+    def _validate_segmentation(self) -> None:
+        if self.num_classes is None or self.num_classes < 2:
+            raise ValueError("task: segmentation needs num_classes (>= 2): the label values 0..num_classes-1")
+        if self.ignore_index is not None and 0 <= self.ignore_index < self.num_classes:
+            raise ValueError(f"ignore_index {self.ignore_index} is a class label (num_classes {self.num_classes})")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names, num_classes is {self.num_classes}")
+        if self.teacher_adapt not in ("head_only", "finetune"):
+            raise ValueError("segmentation: teacher_adapt must be 'head_only' (decoder trained on the frozen teacher "
+                             f"backbone) or 'finetune' (backbone too), got {self.teacher_adapt!r}")
+        if self.per_class is not None or self.test_per_class is not None:
+            raise ValueError("segmentation has no classes per image: use n_labeled instead of per_class/test_per_class")
+        if len(self.seg_size) != 2 or min(self.seg_size) < 8:
+            raise ValueError(f"seg_size must be [height, width] with both >= 8, got {list(self.seg_size)}")
+        if self.n_labeled is not None and self.n_labeled < 1:
+            raise ValueError("n_labeled must be >= 1")
+        for n in ("decoder_channels", "teacher_decoder_channels", "target_stride"):
+            if getattr(self, n) < 1:
+                raise ValueError(f"{n} must be >= 1")
+        if self.target_dtype not in TARGET_DTYPES:
+            raise ValueError(f"target_dtype must be one of {TARGET_DTYPES}, got {self.target_dtype!r}")
 
     # -- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -283,6 +329,9 @@ class DistillConfig:
     def digest(self, exclude: frozenset[str] | set[str] = frozenset()) -> str:
         """sha256 of the fields that change results (paths of outputs, logging, workers... excluded)."""
         d = {k: v for k, v in self.to_dict().items() if k not in _NON_SEMANTIC and k not in exclude}
+        if self.task == "classification":  # digests of classification runs are what they were before segmentation
+            defaults = DistillConfig().to_dict()
+            d = {k: v for k, v in d.items() if k not in _SEG_FIELDS or v != defaults[k]}
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

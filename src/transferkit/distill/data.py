@@ -70,7 +70,10 @@ def collate(items: list[tuple[Any, int, int, int, str | None]]) -> Batch:
     x = torch.stack([it[0] for it in good]) if good else None
     idx = torch.tensor([it[1] for it in good], dtype=torch.long)
     view = torch.tensor([it[2] for it in good], dtype=torch.long)
-    label = torch.tensor([it[3] for it in good], dtype=torch.long)
+    if good and isinstance(good[0][3], torch.Tensor):  # segmentation: (H, W) masks
+        label = torch.stack([it[3] for it in good])
+    else:
+        label = torch.tensor([it[3] for it in good], dtype=torch.long)
     return Batch(x, idx, view, label, bad)
 
 

@@ -335,8 +335,14 @@ def prepare_teacher_cache(cfg: DistillConfig) -> dict[str, Any]:
 
 
 def run_distill(cfg: DistillConfig) -> dict[str, Any]:
-    """Run one config (see the module docstring); returns the results dict (also in ``results.json``)."""
+    """Run one config (see the module docstring); returns the results dict (also in ``results.json``).
+
+    ``task: segmentation`` configs run :func:`transferkit.distill.segpipeline.run_seg_distill`."""
     cfg = DistillConfig.from_dict(cfg.to_dict()).validate()
+    if cfg.task == "segmentation":
+        from .segpipeline import run_seg_distill
+
+        return run_seg_distill(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     ctx = dist_context("auto")
@@ -498,6 +504,11 @@ def load_student(out_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not meta_path.exists():
         raise FileNotFoundError(f"{out}: no student.json (is this a finished distill run?)")
     meta = json.loads(meta_path.read_text())
+    if meta.get("task") == "segmentation":
+        from .segpipeline import load_seg_model
+
+        seg, meta, _ = load_seg_model(out, "student")
+        return seg, meta
     model, _, _ = build_model(meta["spec"], meta["num_classes"], pretrained=False, input_size=meta.get("input_size"))
     model.load_state_dict(torch.load(out / "student.pt", map_location="cpu", weights_only=True))
     return model.eval(), meta
@@ -546,16 +557,21 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(results: Sequence[dict[str, Any]], by: Sequence[str] = ("method",)) -> list[dict[str, Any]]:
-    """One row per group: student accuracy mean/std over seeds, teacher accuracy, mean costs."""
+    """One row per group: student accuracy mean/std over seeds, teacher accuracy, mean costs.
+
+    For segmentation runs the score is the test mean IoU (``metric: miou``), not the pixel accuracy."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault(tuple(_get(r, k) for k in by), []).append(r)
     rows = []
     for key, rs in groups.items():
-        acc_m, acc_s = _mean_std([r.get("student_accuracy") for r in rs])
-        t_m, t_s = _mean_std([r.get("teacher_accuracy") for r in rs])
+        seg = any(r.get("task") == "segmentation" for r in rs)
+        acc_m, acc_s = _mean_std([r.get("student_miou" if seg else "student_accuracy") for r in rs])
+        t_m, t_s = _mean_std([r.get("teacher_miou" if seg else "teacher_accuracy") for r in rs])
         c = [r.get("cost", {}) for r in rs]
         row = dict(zip(by, key))
+        if seg:
+            row["metric"] = "miou"
         row.update({
             "seeds": len(rs), "student_acc": acc_m, "student_acc_std": acc_s,
             "teacher_acc": t_m, "teacher_acc_std": t_s,

@@ -82,8 +82,11 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
 class TeacherFeatureStore:
     """Per-item cache of one teacher's pooled features (see the module docstring)."""
 
-    def __init__(self, cache_dir: str | Path, key: str, meta: dict[str, Any] | None = None):
+    def __init__(self, cache_dir: str | Path, key: str, meta: dict[str, Any] | None = None,
+                 dtype: str = "float32"):
+        """``dtype``: storage of the values (``float16`` halves the cache: segmentation logit maps)."""
         self.dir = Path(cache_dir).expanduser() / "distill_targets" / key
+        self.dtype = np.dtype(dtype)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key = key
         meta_path = self.dir / "meta.json"
@@ -131,22 +134,22 @@ class TeacherFeatureStore:
         """Features of the given item keys, in order (KeyError for a key never computed)."""
         if not keys:
             dim = self._shards[0].shape[1] if self._shards else 0
-            return np.zeros((0, dim), np.float32)
+            return np.zeros((0, dim), self.dtype)
         rows = [self._index[k] for k in keys]
         dim = self._shards[rows[0][0]].shape[1]
-        out = np.empty((len(keys), dim), np.float32)
+        out = np.empty((len(keys), dim), self.dtype)
         by_shard: dict[int, list[tuple[int, int]]] = {}
         for pos, (sid, row) in enumerate(rows):
             by_shard.setdefault(sid, []).append((pos, row))
         for sid, pairs in by_shard.items():
             pos = np.array([p for p, _ in pairs])
             rr = np.array([r for _, r in pairs])
-            out[pos] = np.asarray(self._shards[sid][rr], dtype=np.float32)
+            out[pos] = np.asarray(self._shards[sid][rr], dtype=self.dtype)
         return out
 
     def _write_shard(self, keys: list[str], values: np.ndarray, seconds: float, rank: int) -> None:
         name = f"shard-r{rank}-{uuid.uuid4().hex[:12]}"
-        _atomic_save_npy(self.dir / f"{name}.values.npy", np.ascontiguousarray(values, dtype=np.float32))
+        _atomic_save_npy(self.dir / f"{name}.values.npy", np.ascontiguousarray(values, dtype=self.dtype))
         atomic_write_text(self.dir / f"{name}.stats.json", json.dumps({"seconds": seconds, "items": len(keys)}))
         _atomic_save_npy(self.dir / f"{name}.keys.npy", np.asarray(keys, dtype="U32"))
 
@@ -187,7 +190,7 @@ class TeacherFeatureStore:
         if gone:
             raise RuntimeError(f"{len(gone)} teacher outputs are missing after the pass (e.g. item {gone[0]}); "
                                f"is {self.dir} shared by every process?")
-        out = np.full((len(keys), self._dim_or(0)), np.nan, np.float32)
+        out = np.full((len(keys), self._dim_or(0)), np.nan, self.dtype)
         ok = np.flatnonzero(present)
         if ok.size:
             out[ok] = self.get([keys[j] for j in ok.tolist()])
