@@ -1,8 +1,8 @@
 """Combine several estimators' scores of one zoo into one consensus score, leaving out the uninformative.
 
 Why: single transferability estimators disagree from dataset to dataset, tie, and saturate. The consensus
-ranks the models by each *informative* method (ties share an averaged rank), then aggregates those ranks (or
-z-scores) per model. Which aggregation and which method set is the default was chosen leave-one-dataset-out
+ranks the models by each *informative* method (ties share an averaged rank) or standardises its scores across the models, then
+averages per model. Which aggregation and which method set is the default was chosen leave-one-dataset-out
 on the offline benchmark (benchmarks/consensus_lodo.py, docs/recommend.md).
 
 >>> agg = aggregate({"logme": {"a": 1.0, "b": 0.0}, "leep": {"a": -1.0, "b": -2.0}})   # doctest: +SKIP
@@ -39,7 +39,7 @@ NOISE_RTOL = 1e-6
 SEED_INSTABILITY_MIN_RHO = 0.5
 #: The default consensus, chosen leave-one-dataset-out (docs/recommend.md).
 CONSENSUS_METHODS: tuple[str, ...] = ("leep", "parc", "etran")
-CONSENSUS_AGGREGATION = "rank_mean"
+CONSENSUS_AGGREGATION = "zscore_mean"
 
 
 def tie_groups(scores: Mapping[str, float], rtol: float = NOISE_RTOL) -> list[list[str]]:

@@ -107,16 +107,15 @@ def summarize(method: str, per_seed: Sequence[Mapping[str, float]], seeds: Seque
     if error is not None or not per_seed:
         return MethodSummary(method, {}, {}, list(seeds), seconds, error=error or "no scores")
     missing = [m for m in models if any(m not in s for s in per_seed)]
-    if missing:
-        return MethodSummary(method, {}, {}, list(seeds), seconds,
-                             error=f"could not score {', '.join(missing)} (a consensus needs every model)")
-    models = list(per_seed[0])
+    models = [m for m in per_seed[0] if all(m in s for s in per_seed)]
+    per_seed = [{m: s[m] for m in models} for s in per_seed]
     arr = np.array([[s[m] for m in models] for s in per_seed], dtype=np.float64)
     mean = {m: float(v) for m, v in zip(models, arr.mean(axis=0))}
     std = {m: float(v) for m, v in zip(models, arr.std(axis=0))}
     return MethodSummary(method, mean, std, list(seeds), seconds, ranks=competition_ranks(mean, rtol),
                          seed_rho=seed_stability(per_seed) if len(per_seed) > 1 else None,
-                         uninformative=informative_reason(mean, per_seed, rtol=rtol),
+                         uninformative=(f"did not score {', '.join(missing)}" if missing else
+                                        informative_reason(mean, per_seed, rtol=rtol)),
                          per_seed=[dict(s) for s in per_seed])
 
 

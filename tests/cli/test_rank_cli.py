@@ -47,7 +47,8 @@ def test_rank_writes_table_files_and_metrics(zoo_files, tmp_path):
     logme = [r for r in rows if r["method"] == "logme"]
     assert [r["model"] for r in logme] == ["good", "ok", "bad"]
     metrics = list(csv.DictReader((out / "metrics.csv").open()))
-    assert {m["method"] for m in metrics} == {"logme", "leep", "etran"}
+    # the consensus ingredients (leep, parc, etran) join the asked methods; the consensus has its own row
+    assert {m["method"] for m in metrics} == {"consensus", "logme", "leep", "etran", "parc"}
     payload = json.loads((out / "scores.json").read_text())
     assert set(payload["methods"]["etran"]["scores"]) == {"good", "ok", "bad"}
 
@@ -101,7 +102,7 @@ def test_bad_source_probs_fail_only_the_methods_that_read_them(zoo_files, tmp_pa
     d = dict(np.load(paths["ok"]))
     d["P"] = d["P"] * 3.0  # rows no longer sum to 1
     np.savez(paths["ok"], **d)
-    res = CliRunner().invoke(main, ["rank", *map(str, paths.values()), "--methods", "logme,leep",
+    res = CliRunner().invoke(main, ["rank", *map(str, paths.values()), "--methods", "logme,leep", "--verbose",
                                     "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     # the bad file is named, and LEEP still scores the two good models

@@ -202,7 +202,7 @@ def plot_recommendation(rec: Recommendation, path: str | Path) -> Path:
         norm = minmax(s.scores)
         off = (i - (len(shown) - 1) / 2) * 0.6 / max(len(shown), 1)
         hollow = s.uninformative is not None
-        ax.scatter(x + off, [norm[k] for k in models], marker=markers[i % len(markers)], s=28, zorder=3,
+        ax.scatter(x + off, [norm.get(k, np.nan) for k in models], marker=markers[i % len(markers)], s=28, zorder=3,
                    facecolors="none" if hollow else None, edgecolors="gray" if hollow else None,
                    label=f"{m}{' (uninformative)' if hollow else ''}")
     ax.set_xticks(x, models, rotation=30, ha="right")

@@ -23,7 +23,7 @@ class Consensus(TransferabilityEstimator):
     that are uninformative on this zoo are left out; the rest are aggregated (`aggregation`)."""
 
     name = "consensus"
-    summary = "Consensus of informative estimators (rank mean), chosen leave-one-dataset-out (transferkit)"
+    summary = "Mean z-score of LEEP, PARC, ETran (uninformative ones left out), chosen leave-one-dataset-out"
     reference = "transferkit: docs/recommend.md, benchmarks/consensus_lodo.py"
     zoo_level = True
     needs_source_probs = True  # the default set holds LEEP
