@@ -61,7 +61,7 @@ class RankResults(list):
     @property
     def recommendation(self) -> Any:
         from .consensus import CONSENSUS_AGGREGATION, CONSENSUS_METHODS
-        from .recommend import _recommendation, summarize
+        from .recommendation import _recommendation, summarize
 
         summaries = {r.method: summarize(r.method, [r.scores] if r.scores else [], [self.seed], r.seconds, r.error,
                                          models=self.models) for r in self}
@@ -138,7 +138,7 @@ def rank_zoo(
     probabilities) are reported with their error instead of stopping the others.
 
     The result is a list of :class:`MethodResult`; its ``.recommendation`` is the consensus answer
-    (:func:`transferkit.recommend.recommend` does the same with several seeds)."""
+    (:func:`transferkit.recommendation.recommend` does the same with several seeds)."""
     if not zoo:
         raise ValueError("no models to rank")
     names = [z.name for z in zoo]

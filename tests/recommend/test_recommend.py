@@ -9,7 +9,7 @@ import pytest
 
 from transferkit.estimators import get_estimator
 from transferkit.ranking import ZooFeatures, rank_zoo
-from transferkit.recommend import STOCHASTIC_METHODS, recommend
+from transferkit.recommendation import STOCHASTIC_METHODS, recommend
 
 
 def _zoo(n_per_class: int = 20, d: int = 8, seed: int = 0) -> list[ZooFeatures]:

@@ -289,7 +289,7 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
     current = {"method": None}
     with readable_warnings(verbose, prefix=lambda: current["method"]):
         from ..consensus import CONSENSUS_METHODS
-        from ..recommend import recommend
+        from ..recommendation import recommend
 
         n_run = len(method_list) + len([m for m in CONSENSUS_METHODS if m not in method_list])
         with click.progressbar(length=n_run, label="scoring", file=click.get_text_stream("stderr"),

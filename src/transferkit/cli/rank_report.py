@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..consensus import AGGREGATIONS
-from ..recommend import Recommendation
+from ..recommendation import Recommendation
 from ..reporting import format_table
 
 __all__ = ["render_recommendation", "render_method_table", "render_details", "score_rows", "scores_payload",
