@@ -50,6 +50,10 @@ def check_output_dir(path: str | Path, option: str = "--out") -> Path:
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise click.ClickException(f"cannot create the output folder {out} ({option}): {reason}") from exc
+    try:
         fd, probe = tempfile.mkstemp(prefix=".transferkit-write-test-", dir=out)
         try:
             os.write(fd, b"ok")

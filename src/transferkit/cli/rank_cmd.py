@@ -8,6 +8,7 @@ wrong with the inputs fails in one line before minutes of extraction or scoring.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import click
@@ -292,7 +293,7 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
         from ..recommendation import recommend
 
         n_run = len(method_list) + len([m for m in CONSENSUS_METHODS if m not in method_list])
-        with click.progressbar(length=n_run, label="scoring", file=click.get_text_stream("stderr"),
+        with click.progressbar(length=n_run, label="scoring", file=sys.stderr,
                                hidden=not progress) as bar:
             def on_method(m: str) -> None:
                 current["method"] = m
@@ -307,8 +308,9 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
     click.echo("\n" + render_recommendation(rec) + "\n\n" + render_method_table(rec))
     if verbose:
         click.echo(render_details(rec))
-    if all(r.error for r in results):
-        reasons = sorted({r.error for r in results if r.error})
+    asked = [r for r in results if r.method in method_list]  # not the methods the consensus adds
+    if all(r.error or not r.scores for r in asked):
+        reasons = sorted({r.error for r in asked if r.error})
         why = reasons[0] if len(reasons) == 1 else "every method failed (reasons above)"
         raise click.ClickException(f"nothing was scored: {why}")
 
