@@ -171,3 +171,37 @@ def test_prediction_grid_png(tmp_path):
     assert out.size[0] == 3 * 100 + 4 and out.size[1] > 2 * 72
     assert colorize(np.array([[3, 11]]), 11).getpixel((0, 0)) == (128, 64, 128)  # road
     assert colorize(np.array([[3, 11]]), 11).getpixel((1, 0)) == (0, 0, 0)  # void
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, tmp: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        r = run_distill(DistillConfig.from_dict(cfg_dict))
+        (Path(tmp) / f"seg_rank{rank}.json").write_text(json.dumps({"sha": r["student_sha256"]}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_whole_segmentation_run(seg_config, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = seg_config.replace(out_dir=str(tmp_path / "ddp"), cache_dir=str(tmp_path / "ddp_cache"))
+    mp.spawn(_ddp_worker, args=(2, port, cfg.to_dict(), str(tmp_path)), nprocs=2, join=True)
+    j0, j1 = (json.loads((tmp_path / f"seg_rank{r}.json").read_text()) for r in (0, 1))
+    assert j0["sha"] == j1["sha"]  # identical students on both ranks (BatchNorm statistics included)
+    res = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert res["student_sha256"] == j0["sha"] and res["cost"]["teacher_forward"]["transfer"] == 16
+    assert res["cost"]["student_steps"] == {"distill": 3, "finetune": 2} and 0 <= res["student_miou"] <= 1
