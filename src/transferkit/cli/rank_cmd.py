@@ -162,7 +162,7 @@ def print_next_steps(demo: bool, out: Path) -> None:
     click.echo(
         "\nnext, on your own data (a folder or zip of <split>/<class>/<image>):\n"
         "  transferkit extract -m MODEL1,MODEL2 -d my_data.zip --split train --per-class 40 --out feats/\n"
-        "  transferkit rank feats/*.npz --methods logme,leep,sfda --out results/\n"
+        "  transferkit rank feats/*.npz --out results/         (add --gt accuracies.csv if you have some)\n"
         "  (or in one step: transferkit rank -m MODEL1,MODEL2 -d my_data.zip --split train)\n"
         "MODEL is a timm name (downloads when online) or local-dir:<folder> with config.json + weights;\n"
         f"the demo's own feature files are in {out / 'demo_zoo'} (transferkit rank {out / 'demo_zoo'}/*.npz).")
