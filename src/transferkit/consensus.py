@@ -29,6 +29,7 @@ __all__ = [
     "seed_stability",
     "tie_groups",
     "tied_ranks",
+    "zscores",
 ]
 
 #: Scores closer than this (relative to the largest |score| of the zoo) are one value: float32 features and
@@ -122,7 +123,8 @@ def informative_reason(scores: Mapping[str, float], per_seed: Sequence[Mapping[s
     return None
 
 
-def _zscores(scores: Mapping[str, float], rtol: float) -> dict[str, float]:
+def zscores(scores: Mapping[str, float], rtol: float = NOISE_RTOL) -> dict[str, float]:
+    """Scores standardised across the models (all equal within noise -> all 0)."""
     v = np.array(list(scores.values()), dtype=np.float64)
     sd = v.std()
     if sd <= rtol * max(np.abs(v).max(), 1e-300):
@@ -182,7 +184,7 @@ def aggregate(method_scores: Mapping[str, Mapping[str, float]], aggregation: str
     if not used:
         return Aggregate({m: 0.0 for m in models}, [], excluded, aggregation)
     n = len(models)
-    per_method = [(tied_ranks if aggregation.startswith("rank") else _zscores)(method_scores[k], rtol) for k in used]
+    per_method = [(tied_ranks if aggregation.startswith("rank") else zscores)(method_scores[k], rtol) for k in used]
     if aggregation.startswith("rank"):
         mat = np.array([[n - r[m] for m in models] for r in per_method])
     else:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .consensus import (CONSENSUS_AGGREGATION, CONSENSUS_METHODS, NOISE_RTOL, aggregate, competition_ranks,
-                        informative_reason, seed_stability, tied_ranks)
+from .consensus import (CONSENSUS_AGGREGATION, CONSENSUS_METHODS, NOISE_RTOL, zscores, aggregate,
+                        competition_ranks, informative_reason, seed_stability, tied_ranks)
 
 __all__ = ["STOCHASTIC_METHODS", "MethodSummary", "ModelRow", "Recommendation", "recommend", "summarize"]
 
@@ -120,26 +120,29 @@ def summarize(method: str, per_seed: Sequence[Mapping[str, float]], seeds: Seque
 
 
 def _confidence(first: str, second: str | None, per_method: Mapping[str, Sequence[Mapping[str, float]]],
-                consensus: Mapping[str, float]) -> tuple[str, float, float]:
-    """One line: margin of the first over the second model against the spread of that margin over the
-    ingredients and seeds (each (method, seed) casts a margin in consensus units)."""
+                consensus: Mapping[str, float], aggregation: str) -> tuple[str, float, float]:
+    """One line: the margin of the first over the second model against its spread over the ingredients and
+    seeds. Each (method, seed) casts a margin in the consensus' own units (rank points for rank
+    aggregations, standard deviations across the zoo for z-score ones); the consensus margin is compared with
+    the standard error of those margins."""
     if second is None:
         return f"only one model: {first}", math.nan, math.nan
     margin = consensus[first] - consensus[second]
-    n = len(consensus)
+    ranks = aggregation.startswith("rank")
     votes = []
     for per_seed in per_method.values():
         for s in per_seed:
-            r = tied_ranks(s)
-            votes.append(r[second] - r[first])  # > 0: this (method, seed) puts `first` ahead
+            v = tied_ranks(s) if ranks else zscores(s, NOISE_RTOL)
+            votes.append(v[second] - v[first] if ranks else v[first] - v[second])  # > 0: `first` ahead
     spread = float(np.std(votes, ddof=1)) if len(votes) > 1 else 0.0
     agree = sum(v > 0 for v in votes)
     if margin <= 0:
         return (f"no clear winner: {first} and {second} tie in the consensus; fine-tune both if you can",
                 margin, spread)
     z = margin / (spread / math.sqrt(len(votes))) if spread > 0 else math.inf
-    what = (f"{first} leads {second} by {margin:.2f} rank points of {n - 1}; {agree} of {len(votes)} "
-            f"informative method runs put it ahead")
+    unit = "rank points" if ranks else "standard deviations of the zoo's scores"
+    what = (f"{first} leads {second} by {margin:.2f} {unit}; {agree} of {len(votes)} "
+            "informative ingredient runs put it ahead")
     if z >= 3 and agree == len(votes):
         return f"confident: {what}", margin, spread
     if z >= 1.5:
@@ -224,7 +227,8 @@ def _recommendation(zoo_names: Sequence[str], summaries: Mapping[str, MethodSumm
                               math.nan, len(informative))
     groups_top = [m for m in order if display[m] == display[order[0]]]
     second = order[1] if len(order) > 1 else None
-    line, margin, spread = _confidence(order[0], second, {m: usable[m].per_seed for m in used}, consensus)
+    line, margin, spread = _confidence(order[0], second, {m: usable[m].per_seed for m in used}, consensus,
+                                       aggregation)
     model = order[0] if len(groups_top) == 1 else None
     if model is None:
         line = f"no single winner: {', '.join(groups_top)} tie at the top of the consensus; fine-tune them all if you can"
