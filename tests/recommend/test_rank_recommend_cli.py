@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -53,3 +54,25 @@ def test_rank_feature_files_with_seeds_ties_and_verbose(tmp_path):
     payload = json.loads((out / "scores.json").read_text())
     assert payload["methods"]["nleep"]["seeds"] == [0, 1] and payload["methods"]["logme"]["seeds"] == [0]
     assert payload["provenance"]["models"]["good"]["file_sha256"]
+
+
+@pytest.mark.slow  # extracts two models (about a minute on two loaded cores)
+def test_rank_models_and_data_start_with_the_recommendation_and_record_weight_hashes(tmp_path):
+    """The extraction route, on two small shared models and a few images per class."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from shared_data import shared_path
+
+    w1 = shared_path("weights", "mobilenetv1_025.in1k")
+    w2 = shared_path("weights", "mobilenetv1_050.in1k")
+    data = shared_path("data", "flower_photos", "flower_photos.zip")
+    res = _run("--models", f"local-dir:{w1},local-dir:{w2}", "--data", str(data), "--split", "train",
+               "--per-class", "6", "--methods", "leep,etran", "--no-progress", "--no-plot",
+               "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    first = next(ln for ln in res.stdout.splitlines() if ln.strip())
+    assert first.startswith(("Recommended model: ", "No single recommended model"))
+    prov = json.loads((tmp_path / "out" / "scores.json").read_text())["provenance"]
+    assert prov["data"]["fingerprint"] and prov["data"]["per_class"] == 6 and prov["data"]["split"] == "train"
+    assert all(len(m["weights_sha256"]) == 64 for m in prov["models"].values())
