@@ -168,6 +168,7 @@ class CacheEntry:
             parts = [_slice_chunk(self.read_chunk(lo, hi), a, b) for lo, hi, a, b in pieces]
         except FileNotFoundError:
             if self.is_complete():  # another process on the same cache finished (and cleaned up) first
+                self.remove_chunks()  # what this process wrote meanwhile
                 return self.load()
             raise
         feats = [p["features"] for p in parts if len(p["features"])]
