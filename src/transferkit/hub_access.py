@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["HubUnavailableError", "cached_weights", "check_weights_reachable", "host_reachable"]
+__all__ = ["HubUnavailableError", "cached_weights", "check_weights_reachable", "download_failure", "host_reachable"]
 
 PROBE_TIMEOUT_S = 3.0
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
@@ -108,4 +108,22 @@ def check_weights_reachable(spec: str, pretrained_cfg: dict[str, Any]) -> str | 
         host = urlsplit(where).hostname or where
         raise HubUnavailableError(f"cannot download the weights of {spec!r}: {host} is not reachable "
                                   "(no network?); " + OFFLINE_HINT)
+    return None
+
+
+_NETWORK_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3", "urllib")
+
+
+def download_failure(spec: str, exc: BaseException) -> HubUnavailableError | None:
+    """When ``exc`` (raised while timm fetched pretrained weights) is a network or hub error, the one-line
+    error to raise instead of its traceback; None for anything else (a real model error stays as it is)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        module = type(cur).__module__ or ""
+        if module.split(".")[0] in _NETWORK_MODULES or isinstance(cur, (ConnectionError, TimeoutError, socket.gaierror)):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0].rstrip(".")
+            return HubUnavailableError(f"cannot download the weights of {spec!r} ({first[:200]}); " + OFFLINE_HINT)
+        cur = cur.__cause__ or cur.__context__
     return None

@@ -303,7 +303,15 @@ class ResolvedModel:
                 cached = check_weights_reachable(self.spec, self.pretrained_cfg)
                 if cached and not self.config_needs_build:
                     overlay = {"pretrained_cfg_overlay": {"file": cached}}
-            model = timm.create_model(self.spec, pretrained=self.pretrained, **nc, **overlay, **self.model_args)
+            try:
+                model = timm.create_model(self.spec, pretrained=self.pretrained, **nc, **overlay, **self.model_args)
+            except Exception as exc:  # a hub/network failure is one line with the offline hint
+                from .hub_access import download_failure
+
+                failure = download_failure(self.spec, exc) if self.pretrained else None
+                if failure is None:
+                    raise
+                raise failure from exc
         elif self.kind == "local-dir":
             model = self._build_local_dir(nc)
         elif self.kind == "builtin":

@@ -324,3 +324,21 @@ def test_hub_name_with_hf_hub_offline(images, tmp_path):
 def test_unknown_pretrained_tag_lists_the_tags(images, tmp_path):
     res = tk("extract", "-m", "mobilenetv2_100.in1k", "-d", str(images), "--cache", str(tmp_path / "c"))
     assert_one_line_error(res, "'in1k'", "mobilenetv2_100.ra_in1k", "local-dir:")
+
+
+def test_hub_errors_raised_inside_timm_become_one_line():
+    """A hub that answers but cannot serve the file (proxy, 404) is also one line with the hint; a model
+    error (e.g. a size mismatch) is not mistaken for a network problem."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from transferkit.hub_access import download_failure
+
+    try:
+        try:
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub. Check it.")
+        except LocalEntryNotFoundError as inner:
+            raise RuntimeError("load failed") from inner
+    except RuntimeError as exc:
+        err = download_failure("resnet18", exc)
+    assert err is not None and "resnet18" in str(err) and "local-dir:" in str(err)
+    assert download_failure("resnet18", RuntimeError("size mismatch for fc.weight")) is None
