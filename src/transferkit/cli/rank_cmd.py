@@ -310,8 +310,14 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
         click.echo(render_details(rec))
     asked = [r for r in results if r.method in method_list]  # not the methods the consensus adds
     if all(r.error or not r.scores for r in asked):
-        reasons = sorted({r.error for r in asked if r.error})
-        why = reasons[0] if len(reasons) == 1 else "every method failed (reasons above)"
+        # "leep needs at least 2 classes" and "etran needs at least 2 classes" are one reason
+        reasons = sorted({r.error.removeprefix(f"{r.method} ") for r in asked if r.error})
+        if len(asked) == 1:
+            why = asked[0].error or "no model scored"
+        elif len(reasons) == 1:
+            why = f"{reasons[0]} (every method)"
+        else:
+            why = "every method failed (reasons above)"
         raise click.ClickException(f"nothing was scored: {why}")
 
     write_csv(out / "scores.csv", score_rows(rec))
