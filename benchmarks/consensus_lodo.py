@@ -5,7 +5,8 @@ fine-tuned accuracies per task). For each held-out dataset (with its ``_10shot``
 method; any aggregation of 2-3 methods from the pool; or an aggregation of the k best single methods of the
 training datasets, k in 2..5) is chosen on the other datasets by mean tau_w (ties: lower mean top-1 regret) and
 scored on the held-out one. The rule the top-k family picks on all datasets is the default consensus. Intervals: percentile bootstrap of the mean over the
-held-out tasks (the v1 tasks have no per-image records, so the test images cannot be resampled).
+held-out tasks; with --records and per-image records for every task, also over the test images
+(transferkit.benchmark.uncertainty). The v1 tasks have no per-image records.
 
     nice python benchmarks/consensus_lodo.py                  # offline report (v1 ground truth, 5 tasks)
     python benchmarks/consensus_lodo.py --results a.json --results b.json --out benchmarks/results/consensus_lodo
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.benchmark import BenchmarkResult
-from transferkit.lodo import (Rule, Task, bootstrap_mean_interval, candidate_rules, leave_one_dataset_out)
+from transferkit.benchmark.uncertainty import mean_interval, metric_samples
+from transferkit.lodo import Rule, Task, bootstrap_mean_interval, candidate_rules, leave_one_dataset_out
 from transferkit.reporting import atomic_write_text, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +45,20 @@ def load_tasks(paths: list[Path]) -> list[Task]:
     return list(tasks.values())
 
 
+def test_image_bootstrap(tasks: list[Task], ground_truth_csv: Path) -> dict:
+    """Bootstrap ground truth of every task from its per-image records; {} unless every task has them."""
+    from transferkit.benchmark.uncertainty import bootstrap_ground_truth, load_records
+
+    recs = {}
+    for t in tasks:
+        try:
+            recs[t.name] = load_records(ground_truth_csv, t.name, sorted(t.accuracies))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"note: {exc}; intervals over tasks only", file=sys.stderr)
+            return {}
+    return bootstrap_ground_truth(recs, n_boot=1000, seed=0)
+
+
 def fmt(mean: float, lo: float, hi: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
@@ -52,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", action="append", type=Path,
                     help="bench results.json (repeatable); default: benchmarks/offline/report/results.json")
     ap.add_argument("--sizes", default="2,3", help="consensus set sizes (default 2,3)")
+    ap.add_argument("--records", type=Path, default=None,
+                    help="ground-truth CSV whose <stem>_predictions/ hold per-image records: when every task has "
+                         "them, intervals also come from resampling the test images (benchmark.uncertainty)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/consensus_lodo")
     args = ap.parse_args(argv)
     paths = args.results or [ROOT / "benchmarks/offline/report/results.json"]
@@ -63,13 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(tasks)} tasks ({', '.join(t.name for t in tasks)}); {len(pool)} methods in the pool; "
           f"{len(rules)} candidate rules", file=sys.stderr)
     out = leave_one_dataset_out(rules, tasks)
+    boots = test_image_bootstrap(tasks, args.records) if args.records else {}
 
     rows = []
 
-    def add(label: str, kind: str, per_task: list[dict[str, float]], chosen: str) -> None:
+    def add(label: str, kind: str, per_task: list[dict[str, float]], chosen: str,
+            rules_by_task: dict[str, Rule] | None = None) -> None:
         tau = [v["weighted_tau_scipy"] for v in per_task]
         reg = [v["regret"] for v in per_task]
-        rows.append({"rule": label, "kind": kind, "tau_w": float(np.mean(tau)),
+        extra = {}
+        if boots and rules_by_task:
+            for metric, key in (("weighted_tau_scipy", "tau_w_ci_images"), ("regret", "regret_ci_images")):
+                samples = {t.name: metric_samples(rules_by_task[t.name].scores(t.method_scores), boots[t.name], metric)
+                           for t in tasks_order}
+                points = {t.name: v[metric] for t, v in zip(tasks_order, per_task)}
+                iv = mean_interval(samples, points)
+                extra[key] = (iv.low, iv.high)
+        rows.append({**extra, "rule": label, "kind": kind, "tau_w": float(np.mean(tau)),
                      "tau_w_ci": bootstrap_mean_interval(tau), "regret": float(np.mean(reg)),
                      "regret_ci": bootstrap_mean_interval(reg), "chosen": chosen,
                      "per_task_tau": {t.name: v["weighted_tau_scipy"] for t, v in zip(tasks_order, per_task)},
@@ -83,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         by_task = {h.task: h for h in held}
         tasks_order = [t for t in tasks if t.name in by_task]
         add(label, "selected out of sample", [by_task[t.name].metrics for t in tasks_order],
-            "; ".join(f"{h.task}: {h.rule.name}" for h in held))
+            "; ".join(f"{h.task}: {h.rule.name}" for h in held), {t: h.rule for t, h in by_task.items()})
     tasks_order = list(tasks)
     for m in pool:
-        add(m, "fixed single method", [out.table[Rule((m,))][t.name] for t in tasks], "")
+        add(m, "fixed single method", [out.table[Rule((m,))][t.name] for t in tasks], "",
+            {t.name: Rule((m,)) for t in tasks})
     seen = set()
     for fam in ("top_k", "consensus", "single"):
         r = out.chosen_on_all.get(fam)
@@ -96,10 +126,22 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{r.name} (chosen on all tasks{'; the default consensus' if fam == 'top_k' else ''})"
         add(label, "in-sample (optimistic)", [out.table[r][t.name] for t in tasks], "")
 
-    lines = ["| rule | kind | mean tau_w [95% CI] | mean top-1 regret, points [95% CI] |", "|---|---|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['rule']} | {r['kind']} | {fmt(r['tau_w'], *r['tau_w_ci'])} | "
-                     f"{fmt(r['regret'], *r['regret_ci'], digits=1)} |")
+    if boots:
+        lines = ["| rule | kind | mean tau_w [95% CI: tasks] [test images] | mean top-1 regret, points "
+                 "[tasks] [test images] |", "|---|---|---:|---:|"]
+        for r in rows:
+            ti, ri = r.get("tau_w_ci_images", (np.nan, np.nan)), r.get("regret_ci_images", (np.nan, np.nan))
+            lines.append(f"| {r['rule']} | {r['kind']} | {fmt(r['tau_w'], *r['tau_w_ci'])} [{ti[0]:.2f}, {ti[1]:.2f}] | "
+                         f"{fmt(r['regret'], *r['regret_ci'], digits=1)} [{ri[0]:.1f}, {ri[1]:.1f}] |")
+    else:
+        lines = ["| rule | kind | mean tau_w [95% CI] | mean top-1 regret, points [95% CI] |", "|---|---|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['rule']} | {r['kind']} | {fmt(r['tau_w'], *r['tau_w_ci'])} | "
+                         f"{fmt(r['regret'], *r['regret_ci'], digits=1)} |")
+    lines.append("")
+    lines.append("Intervals: 95 % percentile bootstrap of the mean over the held-out tasks"
+                 + ("; and over the test images of every task (records of the fine-tuning)" if boots else
+                    " (no per-image records for these tasks, so the test images are not resampled)") + ".")
     lines.append("")
     lines.append("Per held-out task, the rule chosen on the other datasets:")
     for fam in out.held_out:
