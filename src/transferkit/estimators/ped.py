@@ -1,26 +1,46 @@
 """PED: Potential Energy Decline, wrapped around SFDA or LogME.
 
 Li, Hu, Ge, Shan, Duan, "Exploring Model Transferability through the Lens of Potential Energy"
-(ICCV 2023). Reference: lixiaotong97/PED ``PED_Score(type='SFDA' | 'LOGME')`` with
-``time_step=0.1, nsigma=0.6, exit_ratio=0.5``.
+(ICCV 2023). Our own implementation of what lixiaotong97/PED computes (read at commit e5af6e7,
+``metrics.py``: ``PED_Score`` and ``One_Step_PED``; defaults from ``PED_Score``'s signature and
+the ``evaluate_metric_cpu.py`` command line, which is how the paper's numbers were produced).
 
-PED simulates how fine-tuning moves the features before scoring them. The features are standardised
-per dimension with the statistics of ``general_features`` (the paper: ImageNet features of the same
-model) when given, else with the target features themselves; stds below ``min_std`` (1e-3) are
-raised to it. In that standardised space every class is a ball (centre = class mean, radius =
-``nsigma`` x the class's RMS distance to its centre); overlapping balls repel with an elastic
-(Hooke) force proportional to the overlap, ``F_i = sum_j max(r_i + r_j - d_ij, 0) (mu_i - mu_j) /
-d_ij``. Each step moves a class from rest by ``1/2 F time_step^2`` (unit mass, no momentum kept
-between steps), for at most ``max_steps`` steps or until the elastic energy has declined to
-``exit_ratio`` of its initial value. Every sample moves with its class; the shift is mapped back
-to the features' own scale (x the standardisation's per-dimension std) and the moved features are
-scored with SFDA (``ped``) or LogME (``ped_logme``).
+PED simulates how fine-tuning would move the classes apart before scoring the features. Each step
+(upstream ``One_Step_PED``):
 
-Faithfulness: this reproduces the reference values in ``shared/reference/expected.json`` to
-~1e-14 on all 11 inputs, SFDA and LogME alike (the energy exit never fires within six steps on
-them). The upstream source was not available: the six steps, the 1/2 dt^2 step, the mapping back
-to the raw scale and the 1e-3 std floor (visible only on ``digits_rrelu256``, whose ReLU features
-have single-outlier columns with std ~1e-4) were identified from those values.
+1. standardise per dimension with the mean and std of ``general_features`` (the paper: ImageNet-val
+   features of the same model; upstream ``general_X``), stds raised to at least ``min_std``
+   (upstream ``eps=1e-3``);
+2. every class is a ball: centre = class mean, radius = ``sqrt(sum_d var_cd)`` (population
+   variances per dimension); two balls overlap by ``o_ij = max(nsigma r_i + nsigma r_j - d_ij, 0)``;
+3. each overlapping pair is pushed apart along the line of centres by
+   ``min(1/2 force_constant o_ij time_step^2, o_ij)`` (Hooke force ``force_constant * o``, unit
+   mass, from rest; upstream ``constant``), class ``i`` moving by ``sum_j (mu_i - mu_j) / d_ij``
+   times that amount; every sample moves with its class;
+4. the moved features are mapped back to their own scale; the step's "position change" is the sum
+   of the absolute class shifts over classes and dimensions (standardised space).
+
+``PED_Score`` repeats this at most six times (``while number_step < 6``; ``max_steps``): a step
+is kept only while its position change is more than ``exit_ratio`` times the first step's; the
+first step whose ratio is not above ``exit_ratio`` is discarded and the loop ends. The moved
+features are then scored with SFDA (``ped``; upstream ``SFDA_Score``) or LogME (``ped_logme``;
+upstream ``LogME_Score``, the fixed-point solver), in float64.
+
+Constants and where they come from: ``time_step=0.1``, ``exit_ratio=0.5``, ``min_std=1e-3`` and
+``force_constant=1.0`` are ``PED_Score``'s defaults; ``nsigma=0.6`` is ``evaluate_metric_cpu.py``'s
+``--nsigma`` default (``PED_Score``'s own default, 2.0, is overridden by that script; the paper's
+candidates are 0.3 and 0.6); ``max_steps=6`` is the literal in ``PED_Score``'s loop (the script's
+``--num_step 5`` is parsed but never used).
+
+Departures from upstream (deliberate):
+
+* ``general_features=None`` standardises with the target features themselves; upstream raises
+  ``NotImplementedError`` there, and the reference values in ``shared/reference`` were produced by
+  passing the target features as ``general_X`` - the same numbers.
+* Two classes with the same centre exert no force on each other; upstream divides by the zero
+  distance and every feature (so the score) becomes NaN. We do not offer that NaN as an option.
+* No overlap at all (first position change 0): no step is taken; upstream computes ``0/0`` (NaN,
+  with a warning) and exits with the features unmoved - the same result.
 """
 
 from __future__ import annotations
@@ -29,6 +49,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.spatial.distance import cdist
 
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs, _as_feature_matrix
@@ -40,9 +61,8 @@ __all__ = ["PED", "PEDLogME", "ped_features"]
 
 def _standardization(X: np.ndarray, G: np.ndarray | None, min_std: float
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std (of G if given, else of X); stds below ``min_std`` are raised
-    to it (upstream's floor, seen on stds of 1.6e-4 and 7.4e-4 in the reference inputs; we apply
-    it to exactly constant dimensions too), so nearly constant dimensions are not blown up."""
+    """Per-dimension mean and std of G (else of X), stds raised to at least ``min_std``
+    (upstream: ``np.maximum(np.std(general_X, axis=0), eps)``)."""
     ref = X if G is None else G
     return ref.mean(axis=0), np.maximum(ref.std(axis=0), min_std)
 
@@ -52,8 +72,9 @@ def _is_real(v: object) -> bool:
 
 
 def _check_dynamics(time_step: float, nsigma: float, exit_ratio: float, max_steps: int,
-                    min_std: float) -> None:
-    for name, v in (("time_step", time_step), ("nsigma", nsigma), ("min_std", min_std)):
+                    min_std: float, force_constant: float) -> None:
+    for name, v in (("time_step", time_step), ("nsigma", nsigma), ("min_std", min_std),
+                    ("force_constant", force_constant)):
         if not (_is_real(v) and math.isfinite(v) and v > 0):
             raise ValueError(f"ped: {name} must be a finite number > 0; got {v!r}")
     if not (_is_real(exit_ratio) and 0.0 <= exit_ratio <= 1.0):
@@ -62,27 +83,31 @@ def _check_dynamics(time_step: float, nsigma: float, exit_ratio: float, max_step
         raise ValueError(f"ped: max_steps must be an integer >= 0; got {max_steps!r}")
 
 
-def _elastic_force(mu: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, float]:
-    """Repulsive Hooke forces between overlapping class balls, and their elastic energy."""
-    sq = np.einsum("ij,ij->i", mu, mu)
-    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * (mu @ mu.T), 0.0))
-    overlap = np.maximum(reach - dist, 0.0)
+def _class_shifts(Z: np.ndarray, y: np.ndarray, counts: np.ndarray, *, time_step: float,
+                  nsigma: float, force_constant: float) -> np.ndarray:
+    """One step of upstream ``One_Step_PED`` in standardised space: the (C, D) class shifts."""
+    C = counts.size
+    mu = class_sums(Z, y, C) / counts[:, None]
+    resid = Z - mu[y]
+    # radius: sqrt of the summed per-dimension (population) variances of the class
+    radius = np.sqrt(np.bincount(y, weights=np.einsum("ij,ij->i", resid, resid), minlength=C)
+                     / counts)
+    dist = cdist(mu, mu)  # direct differences, as upstream (no Gram-matrix cancellation)
+    overlap = np.maximum(nsigma * radius[:, None] + nsigma * radius[None, :] - dist, 0.0)
     np.fill_diagonal(overlap, 0.0)
-    energy = 0.25 * float(np.sum(overlap**2))  # 1/2 k delta^2 over unordered pairs
-    # F_i = sum_j overlap_ij (mu_i - mu_j) / d_ij  (coincident centres exert no force)
-    w = np.divide(overlap, dist, out=np.zeros_like(dist), where=dist > 0)
-    return w.sum(axis=1)[:, None] * mu - w @ mu, energy
+    move = np.minimum(0.5 * time_step**2 * force_constant * overlap, overlap)
+    # shift_i = sum_j move_ij (mu_i - mu_j) / d_ij; coincident centres exert no force (departure)
+    w = np.divide(move, dist, out=np.zeros_like(dist), where=dist > 0)
+    return w.sum(axis=1)[:, None] * mu - w @ mu
 
 
-def ped_features(X: np.ndarray, y: np.ndarray, general_features: np.ndarray | None = None, *,
+def ped_dynamics(X: np.ndarray, y: np.ndarray, general_features: np.ndarray | None = None, *,
                  time_step: float = 0.1, nsigma: float = 0.6, exit_ratio: float = 0.5,
-                 max_steps: int = 6, min_std: float = 1e-3) -> np.ndarray:
-    """``X`` with every class shifted as the potential-energy dynamics move it (in X's own scale).
-
-    ``y`` holds labels 0..C-1 (every class present); ``general_features`` (M x D, M >= 2), when
-    given, supply the standardisation statistics.
-    """
-    _check_dynamics(time_step, nsigma, exit_ratio, max_steps, min_std)
+                 max_steps: int = 6, min_std: float = 1e-3, force_constant: float = 1.0
+                 ) -> tuple[np.ndarray, int]:
+    """The moved features (in X's own scale) and the number of steps kept (upstream
+    ``PED_Score`` before its final scoring call)."""
+    _check_dynamics(time_step, nsigma, exit_ratio, max_steps, min_std, force_constant)
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],):
@@ -100,22 +125,31 @@ def ped_features(X: np.ndarray, y: np.ndarray, general_features: np.ndarray | No
             raise ValueError(f"ped: general_features must be (M >= 2, {X.shape[1]}); "
                              f"got {general_features.shape}")
     mean, std = _standardization(X, general_features, min_std)
-    Xs = (X - mean) / std
-    C = counts.size
-    mu = class_sums(Xs, y, C) / counts[:, None]
-    spread = np.bincount(y, weights=np.einsum("ij,ij->i", Xs - mu[y], Xs - mu[y]), minlength=C)
-    radius = nsigma * np.sqrt(spread / counts)
-    reach = radius[:, None] + radius[None, :]
-    start = mu.copy()
-    energy0 = None
-    for _ in range(max_steps):
-        force, energy = _elastic_force(mu, reach)
-        if energy0 is None:
-            energy0 = energy
-        if energy0 == 0.0 or energy <= exit_ratio * energy0:
+    first_change = None
+    steps = 0
+    while steps < max_steps:
+        Z = (X - mean) / std
+        shift = _class_shifts(Z, y, counts, time_step=time_step, nsigma=nsigma,
+                              force_constant=force_constant)
+        change = float(np.abs(shift).sum())
+        if first_change is None:
+            first_change = change
+        # upstream keeps the step iff change / first_change > exit_ratio (0 / 0 = NaN: not kept)
+        if first_change == 0.0 or not change / first_change > exit_ratio:
             break
-        mu = mu + 0.5 * time_step**2 * force  # from rest, unit mass: x += a dt^2 / 2
-    return X + ((mu - start) * std)[y]
+        X = (Z + shift[y]) * std + mean
+        steps += 1
+    return X, steps
+
+
+def ped_features(X: np.ndarray, y: np.ndarray, general_features: np.ndarray | None = None,
+                 **dynamics: Any) -> np.ndarray:
+    """``X`` with every class shifted as PED's potential-energy dynamics move it (X's scale).
+
+    ``y`` holds labels 0..C-1 (every class present); ``general_features`` (M x D, M >= 2), when
+    given, supply the standardisation statistics; ``dynamics`` are ``ped_dynamics``'s keywords.
+    """
+    return ped_dynamics(X, y, general_features, **dynamics)[0]
 
 
 class _PEDBase(TransferabilityEstimator):
@@ -124,37 +158,37 @@ class _PEDBase(TransferabilityEstimator):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         return {"time_step": 0.1, "nsigma": 0.6, "exit_ratio": 0.5, "max_steps": 6,
-                "min_std": 1e-3, "general_features": None}
+                "min_std": 1e-3, "force_constant": 1.0, "general_features": None}
 
     def _score(self, data: CheckedInputs, random_state: int) -> dict[str, float]:
         p = self.params
         G = p["general_features"]
-        if G is not None:  # finite 2-D float matrix; ped_features checks its shape
+        if G is not None:  # finite 2-D float matrix; ped_dynamics checks its shape
             G = _as_feature_matrix(G, name="general_features")
-        Z = ped_features(data.X, data.y, G, time_step=p["time_step"], nsigma=p["nsigma"],
-                         exit_ratio=p["exit_ratio"], max_steps=p["max_steps"],
-                         min_std=p["min_std"])
+        Z, _ = ped_dynamics(data.X, data.y, G, time_step=p["time_step"], nsigma=p["nsigma"],
+                            exit_ratio=p["exit_ratio"], max_steps=p["max_steps"],
+                            min_std=p["min_std"], force_constant=p["force_constant"])
         value = sfda_score(Z, data.y) if self._inner == "SFDA" else logme_evidence(Z, data.y)
         return {"score": value, self.components[0]: value}
 
 
 @register_estimator
 class PED(_PEDBase):
-    """PED on SFDA (Li et al., ICCV 2023)."""
+    """PED on SFDA (Li et al., ICCV 2023), as lixiaotong97/PED ``PED_Score(type='SFDA')``."""
 
     name = "ped"
     summary = "Potential-energy-decline feature dynamics, then SFDA (Li et al., 2023)"
-    reference = "lixiaotong97/PED: PED_Score(type='SFDA'); ICCV 2023"
+    reference = "lixiaotong97/PED: metrics.py, PED_Score(type='SFDA'); ICCV 2023"
     components = ("ped_sfda",)
     _inner = "SFDA"
 
 
 @register_estimator
 class PEDLogME(_PEDBase):
-    """PED on LogME (Li et al., ICCV 2023)."""
+    """PED on LogME (Li et al., ICCV 2023), as lixiaotong97/PED ``PED_Score(type='LOGME')``."""
 
     name = "ped_logme"
     summary = "Potential-energy-decline feature dynamics, then LogME (Li et al., 2023)"
-    reference = "lixiaotong97/PED: PED_Score(type='LOGME'); ICCV 2023"
+    reference = "lixiaotong97/PED: metrics.py, PED_Score(type='LOGME'); ICCV 2023"
     components = ("ped_logme",)
     _inner = "LOGME"
