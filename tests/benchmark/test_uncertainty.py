@@ -14,7 +14,7 @@ from transferkit.benchmark.analysis import analyse, tie_summary
 from transferkit.benchmark.batch_metrics import BATCH_METRICS, batch_metric
 from transferkit.benchmark.runner import BenchmarkResult, DatasetResult, MethodOutcome
 from transferkit.benchmark.uncertainty import (PairRecords, bootstrap_ground_truth, mean_interval, metric_interval,
-                                               metric_samples, paired_share, random_score_samples)
+                                               metric_intervals, metric_samples, paired_share, random_score_samples)
 from transferkit.finetune import records_path
 
 
@@ -110,6 +110,10 @@ def test_paired_share_and_mean_interval():
     assert paired_share(m_good, m_bad) == 1.0 and paired_share(m_bad, m_good) == 0.0
     iv = mean_interval(good, {"a": 1.0, "b": 1.0})
     assert (iv.point, iv.low, iv.high) == (1.0, 1.0, 1.0)
+    ivs = metric_intervals({d: dict(zip(b.models, b.point)) for d, b in boot.items()}, boot, "regret")
+    assert set(ivs) == {"a", "b", "mean"} and all((v.point, v.low, v.high) == (0, 0, 0) for v in ivs.values())
+    with pytest.raises(ValueError, match="no bootstrap ground truth"):
+        metric_intervals({"zzz": {"m0": 1.0, "m1": 2.0}}, boot, "regret")
     assert np.isnan(paired_share(np.array([np.nan]), np.array([1.0])))
 
 

@@ -17,6 +17,7 @@ Public API (other modules put intervals on their own comparisons with it)::
     boot = bootstrap_ground_truth(recs, n_boot=1000, seed=0)       # {dataset: BootstrapGroundTruth}
     boot["eurosat"].samples                                        # (B, n_models) accuracies in %
     iv = metric_interval(scores, boot["eurosat"], "weighted_tau_scipy")   # Interval(point, low, high)
+    ivs = metric_intervals(scores_by_ds, boot, "weighted_tau_scipy")      # {dataset: Interval, "mean": Interval}
     per_ds = {ds: metric_samples(scores_by_ds[ds], boot[ds], "regret") for ds in datasets}
     mean_iv = mean_interval(per_ds, points)                        # the mean over datasets
     paired_share(samples_a, samples_b)                             # P(a > b) over samples, ties count 1/2
@@ -40,7 +41,7 @@ import numpy as np
 from .batch_metrics import batch_metric
 
 __all__ = ["BootstrapGroundTruth", "Interval", "PairRecords", "bootstrap_ground_truth", "dataset_rng",
-           "load_records", "mean_interval", "metric_interval", "metric_samples", "paired_share",
+           "load_records", "mean_interval", "metric_interval", "metric_intervals", "metric_samples", "paired_share",
            "random_score_samples"]
 
 
@@ -199,6 +200,20 @@ def metric_interval(scores: Mapping[str, float], boot: BootstrapGroundTruth, met
     s = np.array([scores[m] for m in models], dtype=np.float64)
     point = float(batch_metric(s, boot.point[boot.columns(models)], metric))
     return Interval(point, *_percentiles(metric_samples(scores, boot, metric), level))
+
+
+def metric_intervals(scores: Mapping[str, Mapping[str, float]], boot: Mapping[str, BootstrapGroundTruth],
+                     metric: str, level: float = 0.95) -> dict[str, Interval]:
+    """Per-dataset intervals of one method (``scores``: ``{dataset: {model: score}}``) and, under ``"mean"``,
+    the interval of its mean over those datasets."""
+    out, samples, points = {}, {}, {}
+    for ds, sc in scores.items():
+        if ds not in boot:
+            raise ValueError(f"no bootstrap ground truth for dataset {ds!r} (have {sorted(boot)})")
+        out[ds] = metric_interval(sc, boot[ds], metric, level)
+        samples[ds], points[ds] = metric_samples(sc, boot[ds], metric), out[ds].point
+    out["mean"] = mean_interval(samples, points, level)
+    return out
 
 
 def random_score_samples(boot: BootstrapGroundTruth, metric: str, seed: int = 0,
