@@ -25,6 +25,7 @@ import numpy as np
 
 from transferkit.benchmark import BenchmarkResult
 from transferkit.benchmark.uncertainty import mean_interval, metric_samples
+from transferkit.consensus import CONSENSUS_AGGREGATION, CONSENSUS_METHODS
 from transferkit.lodo import Rule, Task, bootstrap_mean_interval, candidate_rules, leave_one_dataset_out
 from transferkit.reporting import atomic_write_text, write_csv
 
@@ -45,7 +46,7 @@ def load_tasks(paths: list[Path]) -> list[Task]:
     return list(tasks.values())
 
 
-def test_image_bootstrap(tasks: list[Task], ground_truth_csv: Path) -> dict:
+def image_bootstrap(tasks: list[Task], ground_truth_csv: Path) -> dict:
     """Bootstrap ground truth of every task from its per-image records; {} unless every task has them."""
     from transferkit.benchmark.uncertainty import bootstrap_ground_truth, load_records
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(tasks)} tasks ({', '.join(t.name for t in tasks)}); {len(pool)} methods in the pool; "
           f"{len(rules)} candidate rules", file=sys.stderr)
     out = leave_one_dataset_out(rules, tasks)
-    boots = test_image_bootstrap(tasks, args.records) if args.records else {}
+    boots = image_bootstrap(tasks, args.records) if args.records else {}
 
     rows = []
 
@@ -123,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         if r is None or r in seen:
             continue
         seen.add(r)
-        label = f"{r.name} (chosen on all tasks{'; the default consensus' if fam == 'top_k' else ''})"
-        add(label, "in-sample (optimistic)", [out.table[r][t.name] for t in tasks], "")
+        is_default = r == Rule(tuple(sorted(CONSENSUS_METHODS)), CONSENSUS_AGGREGATION)
+        label = f"{r.name} (chosen on all tasks, {fam} family{'; = the default consensus' if is_default else ''})"
+        add(label, "in-sample (optimistic)", [out.table[r][t.name] for t in tasks], "", {t.name: r for t in tasks})
 
     if boots:
         lines = ["| rule | kind | mean tau_w [95% CI: tasks] [test images] | mean top-1 regret, points "
