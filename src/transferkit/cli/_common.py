@@ -34,7 +34,7 @@ def verbosity_options(f: F) -> F:
     f = click.option("--verbose", "-v", is_flag=True,
                      help="Say more: full warnings with their source, more detail on what runs.")(f)
     f = click.option("--quiet", "-q", is_flag=True,
-                     help="Say less: no progress bars or notes, only results and errors.")(f)
+                     help="Say less: no progress bars or notes; results, warnings and errors only.")(f)
     return f
 
 
@@ -82,6 +82,8 @@ def readable_warnings(verbose: bool = False, prefix: Callable[[], str | None] | 
     """Show Python warnings as one line each on stderr (``ncti: <message>``) instead of
     ``file:line: UserWarning`` plus a source line. ``prefix()`` names what is running (e.g. the method);
     with ``verbose`` the category and source location are added."""
+    shown: set[str] = set()
+
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: Any = None, line: str | None = None) -> None:
         head = (prefix() if prefix is not None else None) or "warning"
@@ -89,6 +91,9 @@ def readable_warnings(verbose: bool = False, prefix: Callable[[], str | None] | 
         text = body if body.startswith(f"{head}:") else f"{head}: {body}"
         if verbose:
             text += f"  [{category.__name__} at {filename}:{lineno}]"
+        elif text in shown:  # the same method warns alike for every model or seed: say it once
+            return
+        shown.add(text)
         click.echo(text, err=True)
 
     old = warnings.showwarning

@@ -318,6 +318,9 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
             why = f"{reasons[0]} (every method)"
         else:
             why = "every method failed (reasons above)"
+        if len(zoo) == 1:  # name the one file the reason is about
+            where = f" ({sources[zoo[0].name]})" if sources.get(zoo[0].name, zoo[0].name) != zoo[0].name else ""
+            why = f"model {zoo[0].name!r}{where}: {why}"
         raise click.ClickException(f"nothing was scored: {why}")
 
     write_csv(out / "scores.csv", score_rows(rec))
