@@ -23,8 +23,8 @@ def _one_blas_thread():
         yield
 KEYS = ("ncti_seli", "ncti_ncc", "ncti_vc")
 
-# The shrinkage that upstream's rule gives on the digits inputs (found first by root-finding the
-# reference values, then recovered as exp(-sum of the top 32 explained variances)).
+# The shrinkage that upstream's rule (BUserName/NCTI metrics.py line 537:
+# max(exp(-pca.explained_variance_[:32].sum()), 1e-10)) gives on the digits inputs.
 UPSTREAM_SHRINKAGE = {
     "digits_raw.npz": 0.010695923682336746,
     "digits_rproj96.npz": 0.0010376605206696672,
@@ -55,6 +55,44 @@ def test_upstream_shrinkage_rule(fname):
     d = load_reference_input(fname)
     est = get_estimator("ncti").fit(d["X"], d["y"])
     assert est.components_["ncti_shrinkage"] == pytest.approx(UPSTREAM_SHRINKAGE[fname], rel=1e-8)
+
+
+@pytest.mark.parametrize("fname", ["dtd10__mnv1_025.npz", "synthetic.npz"])
+def test_rule_at_its_floor_uses_the_unshrunk_svd_solver(fname):
+    """Real features: exp(-sum) < 1e-10, so upstream (line 542) uses solver='svd', no shrinkage."""
+    d = load_reference_input(fname)
+    assert get_estimator("ncti").fit(d["X"], d["y"]).components_["ncti_shrinkage"] == 0.0
+
+
+def _upstream_ncti(X, y):
+    """BUserName/NCTI ``NCTI_Score`` restated with scikit-learn (PCA seeded as the reference)."""
+    from sklearn.decomposition import PCA
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    pca = PCA(n_components=64, random_state=0)
+    Xp = pca.fit_transform(X)
+    s = max(np.exp(-pca.explained_variance_[:32].sum()), 1e-10)
+    lda = (LinearDiscriminantAnalysis(solver="svd") if s == 1e-10
+           else LinearDiscriminantAnalysis(solver="eigen", shrinkage=float(s)))
+    low = lda.fit_transform(Xp, y)
+    P = lda.predict_proba(Xp)
+    nuc = sum(np.linalg.norm(P[y == c], ord="nuc") for c in np.unique(y))
+    return {"ncti_seli": np.linalg.norm(low - low.mean(0), ord="nuc"),
+            "ncti_ncc": P[np.arange(len(y)), y].mean(), "ncti_vc": np.log(nuc)}
+
+
+def test_singular_scatter_at_the_floor_drops_null_directions_as_upstream():
+    """7 per class: within-class rank 60 < 64 PCA dims. Upstream's svd solver drops the null
+    directions (a tiny eigen-solver shrinkage instead was 2-24 % off on real features)."""
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(10), 7)
+    X = 3.0 * rng.normal(size=(70, 150)) + 4.0 * rng.normal(size=(10, 150))[y]
+    with pytest.warns(UserWarning, match="null directions"):
+        out = _components(X, y)
+    assert out["ncti_shrinkage"] == 0.0
+    want = _upstream_ncti(X, y)
+    for k in KEYS:
+        assert out[k] == pytest.approx(want[k], rel=1e-9), k
 
 
 def test_fixed_shrinkage_overrides_the_rule():

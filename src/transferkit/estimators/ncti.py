@@ -1,28 +1,38 @@
 """NCTI: Neural-Collapse-informed Transferability Index (Wang et al., ICCV 2023).
 
-Reference: BUserName/NCTI ``NCTI_Score``.  Pipeline (reconstructed and checked against the
-reference outputs):
+Our own implementation of what BUserName/NCTI computes (read at commit b18d395, ``metrics.py``,
+``NCTI_Score``, lines 531-567; run by ``evaluate_metric_group{1,2}_cpu.py``):
 
 1. ``PCA(n_components=64)`` with scikit-learn's automatic solver choice (randomized SVD for most
    shapes, drawn from NumPy's global RNG, which the reference seeded with 0 - the same stream as
    ``random_state=0`` here).  Upstream crashes when min(N, D) < 64; we clip with
    `safe_n_components` and warn.
-2. Linear discriminant analysis on the PCA features (``LinearDiscriminantAnalysis(solver='eigen',
-   shrinkage=s)`` semantics: within-class scatter ``Sw`` = prior-weighted class covariances, Sw
-   and St shrunk towards (trace / d) I, generalized eigenproblem ``eigh(St - Sw, Sw)``,
-   projection onto the top ``min(C - 1, d)`` discriminant directions) with upstream's shrinkage
-   ``s = exp(-sum of the 32 largest PCA explained variances)`` (ddof 1; `upstream_shrinkage`).
-   It is negligible for features with large variances (1e-27 .. 1e-74 on the real DTD inputs)
-   and matters for small-variance, ill-conditioned ones (1e-3 .. 1e-2 on the digits inputs).
-3. Components
-   * ``ncti_seli`` (simplex-encoded-label-interpolation geometry): nuclear norm of the LDA
-     projection ``Z = X_pca @ W``;
+2. Linear discriminant analysis of the PCA features with the shrinkage
+   ``s = max(exp(-pca.explained_variance_[:32].sum()), 1e-10)`` (upstream line 537;
+   `upstream_shrinkage`):
+
+   * ``s > 1e-10``: ``LinearDiscriminantAnalysis(solver='eigen', shrinkage=s)`` (line 546):
+     within-class scatter ``Sw`` = prior-weighted class covariances, Sw and St shrunk towards
+     (trace / d) I, generalized eigenproblem ``eigh(St - Sw, Sw)``, projection onto the top
+     ``min(C - 1, d)`` discriminant directions (our code, same numbers);
+   * ``s`` at the floor (``if temp == 1e-10``, lines 542-543): ``LinearDiscriminantAnalysis(solver='svd')``
+     - no shrinkage at all; scikit-learn drops within-class directions whose standardised
+     singular value is below its ``tol`` (1e-4), so a singular ``Sw`` is handled without any
+     regularisation (we call scikit-learn for this path).  This is the usual case for real
+     features (the top-32 variances sum to far more than 23 = -ln 1e-10).
+
+   ``s`` is negligible for features with large variances and matters for small-variance,
+   ill-conditioned ones (1e-3 .. 1e-2 on the digits inputs).
+3. Components (upstream lines 548-567)
+   * ``ncti_seli`` (simplex-encoded-label-interpolation geometry): nuclear norm of the centred
+     LDA projection ``Z = X_pca @ W``;
    * ``ncti_ncc`` (nearest-centre classifier): mean LDA posterior of the true class;
    * ``ncti_vc`` (within-class variability collapse, lower is better):
      ``log(sum_c ||P_c||_*)`` with ``P_c`` the posterior rows of class c.
 
 The published NCTI score is zoo-level: ``minmax(ncc) + minmax(seli) - minmax(vc)`` across
-models; a single model's `score` is ``ncti_seli``.
+models; a single model's `score` is ``ncti_seli``.  ``ncti_shrinkage`` reports the shrinkage
+applied (0.0 on the svd path).
 
 Speed: the PCA step reproduces scikit-learn's randomized SVD (same random draws, same subspace
 ``X (X^T X)^q Omega``, same final projection) but runs the power iterations on the small Gram
@@ -30,11 +40,9 @@ matrix instead of the N x D data, which is several times faster and equal to rou
 solvers use the eigendecomposition of the smaller Gram matrix.  Everything downstream is exactly
 invariant to the sign/rotation freedom of the PCA basis.
 
-Faithfulness: all three components agree with the reference on all 9 shared inputs to <= 1e-8
-relative (most to ~1e-14). The shrinkage rule was recovered from the reference values (they fix
-s to full precision on the digits inputs); ``shrinkage`` takes a fixed number in [0, 1] instead
-of ``"ncti"`` (the rule). With fewer than 64 PCA dimensions (upstream crashes) the rule sums the
-first min(32, k).
+Departures: with fewer than 64 PCA dimensions (upstream crashes) the rule sums the first
+min(32, k); ``shrinkage`` may also be a fixed number in [0, 1] (eigen path; 0 restricts the LDA to
+the range of ``Sw``) instead of ``"ncti"`` (upstream's rule).
 """
 
 from __future__ import annotations
@@ -157,6 +165,7 @@ def pca_transform(X: np.ndarray, n_components: int, random_state: int = 0) -> np
 
 
 _SHRINKAGE_TOP = 32  # upstream sums the first 32 of the 64 explained variances
+_SHRINKAGE_FLOOR = 1e-10  # upstream: max(exp(-...), 1e-10); at the floor it uses solver='svd'
 
 def _numerical_rank(w: np.ndarray) -> int:
     """Rank of a symmetric PSD matrix from its ascending eigenvalues ``w``."""
@@ -206,40 +215,74 @@ def _lda(X: np.ndarray, y: np.ndarray, C: int, shrinkage: float):
 
 
 def _sum_classwise_nuclear_norms(P: np.ndarray, y: np.ndarray, C: int) -> float:
-    """sum_c ||P[y == c]||_*, batched over classes (blocks zero-padded to equal height).
-
-    Singular values come from the eigenvalues of the smaller Gram matrix of each block; the
-    square-root step costs ~1e-8 * sigma_max in absolute accuracy on tiny singular values only,
-    far below the 1e-6 reproduction tolerance of ``log(sum)``.
-    """
+    """sum_c ||P[y == c]||_* (upstream: ``np.linalg.norm(c_pred, ord='nuc')`` per class),
+    batched over classes: blocks zero-padded to equal height (zero rows leave the singular values
+    unchanged), one batched SVD. Exact SVD, not the Gram matrix: near one-hot posteriors have
+    tiny singular values whose square roots would lose precision (~1e-9 relative on vc)."""
     counts = np.bincount(y, minlength=C)
     order = np.argsort(y, kind="stable")
     rank_in_class = np.arange(len(y)) - np.repeat(np.cumsum(counts) - counts, counts)
     blocks = np.zeros((C, int(counts.max()), P.shape[1]))
     blocks[y[order], rank_in_class] = P[order]
-    bt = blocks.transpose(0, 2, 1)
-    gram = blocks @ bt if blocks.shape[1] <= blocks.shape[2] else bt @ blocks
-    return float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))))
+    return float(np.sum(np.linalg.svd(blocks, compute_uv=False)))
 
 
 def upstream_shrinkage(Xp: np.ndarray, n_top: int = _SHRINKAGE_TOP) -> float:
-    """NCTI's LDA shrinkage: ``exp(-sum of the top n_top PCA explained variances)`` (ddof=1).
+    """NCTI's LDA shrinkage ``max(exp(-sum of the top n_top PCA explained variances), 1e-10)``.
 
-    Recovered from the reference values (every one of the shared inputs agrees to ~1e-15 with
-    it): scikit-learn's ``explained_variance_[:32]`` of the 64-component PCA. ``Xp`` holds the
-    centred PCA scores, most variant first.
+    BUserName/NCTI ``metrics.py`` ``NCTI_Score`` line 537:
+    ``max(np.exp(-pca.explained_variance_[:32].sum()), 1e-10)``; scikit-learn's
+    ``explained_variance_`` is the variance (ddof 1) of each PCA score column.  ``Xp`` holds the
+    centred PCA scores, most variant first.  At the floor upstream switches to the svd solver
+    (no shrinkage; see `ncti_components`).
     """
     if n_top < 1:
         raise ValueError(f"ncti: n_top must be >= 1; got {n_top!r}")
     n = Xp.shape[0]
     top = Xp[:, : min(n_top, Xp.shape[1])]
-    return float(np.exp(-np.einsum("ij,ij->", top, top) / max(n - 1, 1)))
+    return max(float(np.exp(-np.einsum("ij,ij->", top, top) / max(n - 1, 1))), _SHRINKAGE_FLOOR)
+
+
+def _lda_svd(X: np.ndarray, y: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """Upstream's ``LinearDiscriminantAnalysis(solver='svd')`` path: (projection, posteriors)."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    d = X.shape[1]
+    means, _ = class_means(X, y, C)
+    rank = _numerical_rank(linalg.eigvalsh(_gram(X - means[y])))
+    if rank < d:
+        warnings.warn(
+            f"ncti: within-class scatter is singular after PCA (rank {rank} of {d}); as upstream "
+            "(svd solver, no shrinkage) the LDA drops the null directions",
+            UserWarning,
+            stacklevel=4,
+        )
+    lda = LinearDiscriminantAnalysis(solver="svd").fit(X, y)
+    return lda.transform(X), lda.predict_proba(X)
+
+
+def _nuclear_norm_centred(Z: np.ndarray) -> float:
+    Z = Z - Z.mean(axis=0, keepdims=True)
+    return float(np.sum(np.sqrt(np.clip(linalg.eigvalsh(_gram(Z)), 0.0, None))))
 
 
 def ncti_components(
-    X: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.0
+    X: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.0, solver: str = "eigen"
 ) -> dict[str, float]:
-    """(seli, ncc, vc) of PCA features X (N x d) - steps 2-3 of the module docstring."""
+    """(seli, ncc, vc) of PCA features X (N x d) - steps 2-3 of the module docstring.
+
+    ``solver="svd"``: scikit-learn's svd solver, no shrinkage (upstream at the shrinkage floor);
+    ``"eigen"``: the shrunk eigen solver with ``shrinkage``.
+    """
+    if solver == "svd":
+        Z, P = _lda_svd(X, y, n_classes)
+        n = X.shape[0]
+        total = _sum_classwise_nuclear_norms(P, y, n_classes)
+        return {"ncti_seli": _nuclear_norm_centred(Z),
+                "ncti_ncc": float(np.mean(P[np.arange(n), y])),
+                "ncti_vc": float(np.log(total))}
+    if solver != "eigen":
+        raise ValueError(f"ncti: solver must be 'eigen' or 'svd'; got {solver!r}")
     n, d = X.shape
     C = n_classes
     scalings, means, priors = _lda(X, y, C, shrinkage)
@@ -297,9 +340,12 @@ class NCTI(TransferabilityEstimator):
         # one BLAS thread: the Gram products are small and threads only contend (2x slower here)
         with threadpool_limits(limits=1, user_api="blas"):
             Xp = pca_transform(data.X, k, random_state)
+            solver = "eigen"
             if shrinkage == "ncti":
                 shrinkage = upstream_shrinkage(Xp)
-            out = ncti_components(Xp, data.y, data.n_classes, shrinkage)
+                if shrinkage == _SHRINKAGE_FLOOR:  # upstream: `if temp == 1e-10: solver='svd'`
+                    solver, shrinkage = "svd", 0.0
+            out = ncti_components(Xp, data.y, data.n_classes, shrinkage, solver)
         return {"score": out["ncti_seli"], "ncti_shrinkage": shrinkage, **out}
 
     def combine_zoo(self, per_model: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
