@@ -25,7 +25,7 @@ __all__ = ["STOCHASTIC_METHODS", "MethodSummary", "ModelRow", "Recommendation", 
 #: Methods whose score depends on the estimator seed (k-means/GMM, random initialisation, randomized PCA,
 #: training); every other registered method gives bit-identical scores for every seed
 #: (tests/recommend/test_seeds.py checks the deterministic ones), so it runs once.
-STOCHASTIC_METHODS = frozenset({"nleep", "pactran", "itm", "ncti"})
+STOCHASTIC_METHODS = frozenset({"nleep", "pactran", "itm", "ncti", "linear_probe"})
 
 
 @dataclass
