@@ -181,7 +181,7 @@ def print_next_steps(demo: bool, out: Path) -> None:
               help="random_state of every estimator (k-means, random projections, ITM's training). "
                    "Does not change which images are used: see --sample-seed.")
 @click.option("--seeds", "seeds_opt", default=None, metavar="LIST",
-              help="Estimator seeds, e.g. 0,1,2: stochastic methods (nleep, pactran, ncti, itm) run once per "
+              help="Estimator seeds, e.g. 0,1,2: stochastic methods (nleep, pactran, ncti, itm, linear_probe) run once per "
                    "seed and report mean ± std; deterministic ones run once (default: --seed only).")
 @click.option("--plot/--no-plot", default=True, show_default=True,
               help="Save rank.png in --out: consensus and every method's normalised score per model.")
