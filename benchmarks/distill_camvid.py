@@ -207,7 +207,8 @@ def build_table(results: Path, base: Any, cells: list[dict[str, Any]], machine: 
         f"{base.seg_size[1]}x{base.seg_size[0]} px; metrics from one confusion matrix over all "
         f"{'test' if base.test_split == 'test' else base.test_split} images at the label resolution (360x480), void "
         f"ignored, mean IoU over the 11 classes. {base.n_labeled} labeled CamVid training images (resampled per seed). "
-        f"Transfer sets: CamVid train+val minus the labeled images (418); flower_photos train subset of the same size. "
+        f"Transfer sets: CamVid train+val minus the labeled images ({_transfer_n(recs, 'camvid')}); flower_photos train "
+        f"subset of the same size ({_transfer_n(recs, 'flowers')}). "
         f"{base.views} views per transfer image (teacher run once per view; its stride-{base.target_stride} logits "
         f"cached as {base.target_dtype}). Distillation: {_length(d)}, batch {d.batch_size}, AdamW lr {d.lr:g}; "
         f"per-pixel KL at T={base.temperature:g}; dense feature distillation: deepest feature map, 1x1 projection, "
@@ -223,6 +224,11 @@ def build_table(results: Path, base: Any, cells: list[dict[str, Any]], machine: 
             f"{machine.get('load_average_at_start')}.\n")
     atomic_write_text(results / "table.md", text)
     return text
+
+
+def _transfer_n(recs: list[dict[str, Any]], tset: str) -> str:
+    ns = sorted({(r.get("transfer") or {}).get("n") for r in recs if r.get("transfer_set") == tset} - {None})
+    return "/".join(str(n) for n in ns) or "not run"
 
 
 def _mean_per_class(dicts: list[dict[str, float | None] | None]) -> dict[str, float | None]:

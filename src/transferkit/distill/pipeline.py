@@ -311,6 +311,8 @@ def prepare_teacher_cache(cfg: DistillConfig) -> dict[str, Any]:
     parallel jobs start from a full cache). Not available for ``teacher_adapt='finetune'`` (the transfer
     features then depend on the fine-tuned teacher)."""
     cfg = DistillConfig.from_dict(cfg.to_dict()).validate()
+    if cfg.task == "segmentation":  # the adapted teacher's logits depend on the run's own labeled subset
+        raise ValueError("prepare_teacher_cache is for classification; a segmentation run fills its cache itself")
     if cfg.method not in ("task_oriented", "feature_distill"):
         return {"teacher_forward_computed": 0}
     if cfg.method == "task_oriented" and cfg.teacher_adapt != "linear_probe":
