@@ -151,7 +151,7 @@ class _DenseTargets:
     """One teacher output map per (image, view), flattened into a :class:`TeacherFeatureStore` row."""
 
     def __init__(self, run: _Run, what: str, identity: dict[str, Any], renderer: ViewRenderer,
-                 net: nn.Module | Any, shape: tuple[int, int, int], fn: Any):
+                 net: nn.Module, shape: tuple[int, int, int], fn: Any):
         cfg = run.cfg
         self.run, self.renderer, self.shape, self.fn, self.net = run, renderer, shape, fn, net
         doc = {"segmentation": what, "identity": identity, "shape": list(shape), "dtype": cfg.target_dtype}
@@ -167,8 +167,7 @@ class _DenseTargets:
         vds = SegViewDataset(ds, self.renderer, cfg.transfer_seed, run.recipe, masks=False)
 
         def forward() -> Any:
-            net = self.net() if callable(self.net) and not isinstance(self.net, nn.Module) else self.net
-            net = net.to(run.dev).eval()
+            net = self.net.to(run.dev).eval()
 
             def fn(x: torch.Tensor) -> torch.Tensor:
                 with autocast(run.dev, run.prec):
