@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["OutputWriteError", "format_table", "write_csv", "write_json", "atomic_write", "atomic_write_text",
-           "atomic_torch_save", "check_writable_dir", "current_umask", "output_errors", "temp_file_beside"]
+           "atomic_torch_save", "current_umask", "output_errors", "temp_file_beside"]
 
 # errors that mean "this place cannot take the file", as opposed to a bug in the caller
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
@@ -95,24 +95,6 @@ def temp_file_beside(path: str | Path, suffix: str = ".tmp") -> tuple[int, str]:
         Path(tmp).unlink(missing_ok=True)
         raise
     return fd, tmp
-
-
-def check_writable_dir(path: str | Path) -> Path:
-    """Create folder ``path`` if needed and prove a file can be written in it (a probe file is created and
-    removed), so that a command can refuse an unusable ``--out`` before doing any work."""
-    path = Path(path).expanduser()
-    with output_errors(path, any_errno=True):
-        if path.exists() and not path.is_dir():
-            raise OutputWriteError(path, errno.ENOTDIR)
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temp_file_beside(path / ".transferkit-write-test")
-        try:
-            os.write(fd, b"x")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def _fmt(value: Any, precision: int) -> str:
