@@ -47,6 +47,9 @@ def test_config_checks_for_segmentation(seg_config):
         seg_config.replace(teacher_adapt="linear_probe").validate()
     with pytest.raises(ValueError, match="use n_labeled"):
         seg_config.replace(per_class=3).validate()
+    with pytest.raises(ValueError, match="look like a segmentation dataset; set task: segmentation"):
+        run_distill(seg_config.replace(task="classification", teacher_adapt="linear_probe", n_labeled=None,
+                                       method="pretrained"))
     with pytest.raises(ValueError, match="'head_only' is for segmentation"):
         DistillConfig(student="x", data="y", method="pretrained", teacher_adapt="head_only").validate()
     # a classification config's digest does not see the segmentation fields at their defaults

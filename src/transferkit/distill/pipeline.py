@@ -295,6 +295,9 @@ def _open_labeled(cfg: DistillConfig) -> tuple[ImageDataset, ImageDataset | None
     # few-shot subsample, so labeled images can never fall into another seed's test set
     labeled = open_dataset(cfg.data, cfg.train_split, per_class=cfg.per_class, seed=cfg.effective_data_seed(),
                            split_seed=0)
+    if set(labeled.classes) == {"images", "masks"}:
+        raise ValueError(f"{cfg.data}: images/ + masks/ folders look like a segmentation dataset; set "
+                         "task: segmentation (and num_classes, ignore_index)")
     if len(labeled.classes) < 2:
         raise ValueError(f"{cfg.data}: the labeled set has {len(labeled.classes)} class(es); need at least 2")
     test = (open_dataset(cfg.data, cfg.test_split, per_class=cfg.test_per_class, split_seed=0)
