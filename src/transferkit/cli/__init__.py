@@ -34,6 +34,15 @@ class _LazyGroup(click.Group):
             return None
         return importlib.import_module(f"{__name__}.{mod}").command
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the sub-command; a result file that cannot be written (disk full, read-only) is one line."""
+        from ..reporting import OutputWriteError
+
+        try:
+            return super().invoke(ctx)
+        except OutputWriteError as exc:
+            raise click.ClickException(str(exc)) from exc
+
 
 EXAMPLES = """\b
 Examples:
