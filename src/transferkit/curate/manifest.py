@@ -241,6 +241,12 @@ def resolve_item(base: ImageDataset, item: str, lookup: Mapping[str, int] | None
 
 def open_source(source: str, split: str) -> ImageDataset:
     """Re-open a gallery source the way :func:`item_ref` named it."""
+    from .shards import TarShardDataset, is_precomputed_folder, open_precomputed
+
+    if str(source).endswith(".tar") and Path(source).is_file():
+        return TarShardDataset(source)
+    if is_precomputed_folder(source):
+        return open_precomputed(source)[0]
     ds = open_dataset(source, split=split or None)
     while isinstance(ds, SubsetDataset):
         ds = ds.base

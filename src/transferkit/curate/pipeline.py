@@ -51,6 +51,23 @@ class GallerySource:
             ds = ds.subset(keep, note=f"max_items={self.max_items}, seed={seed}")
         return ds
 
+    def parts(self, seed: int = 0) -> list[tuple[ImageDataset, list[Any] | None]]:
+        """The gallery's datasets, each with its precomputed embedding stores (None: embed it).
+
+        A WebDataset shard or brace pattern gives one dataset per tar shard (corrupt samples skipped and
+        counted); a precomputed-embedding folder gives its images and its ``.npy`` stores; anything else is
+        one dataset that ``open_dataset`` reads. ``per_class`` does not apply to the unlabeled formats,
+        ``max_items`` to none but the last kind.
+        """
+        from .shards import is_precomputed_folder, is_shard_spec, open_precomputed, open_shard_gallery
+
+        if is_precomputed_folder(self.spec):
+            images, stores = open_precomputed(self.spec)
+            return [(images, list(stores))]
+        if is_shard_spec(self.spec):
+            return [(ds, None) for ds in open_shard_gallery(self.spec)]
+        return [(self.open(seed), None)]
+
     @classmethod
     def coerce(cls, value: str | dict[str, Any] | GallerySource) -> GallerySource:
         if isinstance(value, GallerySource):
@@ -273,15 +290,31 @@ def curate(cfg: CurateConfig) -> CurationResult:
     ggrid = cfg.gallery_grid
     S = len(ggrid)
     gsets, stores, embed_s = [], [], []
+    src_rows: list[tuple[GallerySource, ImageDataset, Any, float]] = []
     for g in cfg.gallery:
-        ds = g.open(cfg.seed)
-        crops = CropDataset(ds, ggrid)
-        t0 = time.perf_counter()
-        st = _embed(cfg, crops, f"embed {Path(g.spec).name}")
-        embed_s.append(time.perf_counter() - t0)
-        gsets.append(ds)
-        stores.append(st)
+        for ds, pre in g.parts(cfg.seed):
+            t0 = time.perf_counter()
+            if pre is not None:  # precomputed embeddings: one per image, no crops
+                if S != 1:
+                    raise ValueError(f"{g.spec}: precomputed embeddings are whole-image; use scales: [1.0]")
+                offs = np.cumsum([0] + [st.n for st in pre])
+                if int(offs[-1]) != len(ds):
+                    raise ValueError(f"{g.spec}: {len(ds)} images but its embedding shards hold {offs[-1]} rows")
+                gsets.extend(ds if len(pre) == 1 else ds.subset(np.arange(offs[j], offs[j + 1]))
+                             for j in range(len(pre)))
+                stores.extend(pre)
+                src_rows.append((g, ds, pre[0], 0.0))
+                continue
+            st = _embed(cfg, CropDataset(ds, ggrid), f"embed {Path(str(ds.source)).name}")
+            t = time.perf_counter() - t0
+            embed_s.append(t)
+            gsets.append(ds)
+            stores.append(st)
+            src_rows.append((g, ds, st, t))
     gallery = GalleryEmbeddings(stores)
+    if qstore.dim != gallery.dim:
+        raise ValueError(f"the gallery's embeddings have {gallery.dim} dimensions but the model gives {qstore.dim} "
+                         "(precomputed with a different model?)")
     img_off = np.cumsum([0] + [len(d) for d in gsets])
     group = np.concatenate([img_off[k] + np.arange(len(d) * S) // S for k, d in enumerate(gsets)])
     # query images present in the gallery are never retrieved; byte-identical test copies neither
@@ -345,9 +378,11 @@ def curate(cfg: CurateConfig) -> CurationResult:
         "config": cfg.to_dict(),
         "queries": {"source": qds.source, "n": n_queries, "crops_per_query": len(qgrid),
                     "classes": qds.classes, "unreadable": int((~q_ok).sum())},
-        "gallery": {"sources": [{"spec": g.spec, "split": g.split, "images": len(d), "crops": len(d) * S,
+        "gallery": {"sources": [{"spec": g.spec, "split": g.split, "dataset": str(d.source), "images": len(d),
+                                 "crops": len(d) * S, "skipped_corrupt": int(getattr(d, "skipped", 0)),
                                  "embed_seconds": round(t, 3), "store": str(st.path)}
-                                for g, d, st, t in zip(cfg.gallery, gsets, stores, embed_s)],
+                                for g, d, st, t in src_rows],
+                    "skipped_corrupt": int(sum(getattr(d, "skipped", 0) for _, d, _, _ in src_rows)),
                     "crops_per_image": S, "crops": gallery.n, "unreadable": int((~gallery.valid).sum()),
                     "query_images_excluded": n_self},
         "leakage_guard": {"test": getattr(tds, "source", None), "test_images": len(tds) if tds is not None else 0,
