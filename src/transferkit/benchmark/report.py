@@ -326,7 +326,10 @@ def _analysis_sections(result: BenchmarkResult, an: Analysis, label: str) -> lis
         out += [f"## Paired comparison: {title}", "",
                 f"Share of the {an.n_boot} bootstrap samples in which the mean {title} of the row method is "
                 f"{better} (better) than the column method's (ties count one half). Bold: > 0.975 or < 0.025 "
-                "(a difference the ground-truth noise does not explain). Sorted by the mean "
+                "(a difference the ground-truth noise does not explain). This covers the noise of the test images only: "
+                "the comparison is paired (both methods meet the same resampled ground truth), so a small but "
+                "consistent difference on a few datasets can be significant here and still not carry over to other "
+                "datasets, zoos or estimator seeds (see the stability tables). Sorted by the mean "
                 f"{label}.", "", _paired(result, an, metric), "",
                 ("Significant differences: " + "; ".join(sig) + ".") if sig else
                 "No difference between two methods is significant at this level.", ""]
