@@ -147,6 +147,7 @@ def test_cli_end_to_end_from_a_config(seg_config, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert r["task"] == "segmentation" and 0 <= r["student_miou"] <= 1
+    assert "student_miou" in proc.stdout and "student_acc " not in proc.stdout  # mIoU is the headline
     assert (tmp_path / "cli" / "student.onnx").exists() and (tmp_path / "cli" / "teacher.json").exists()
     import importlib.util
 

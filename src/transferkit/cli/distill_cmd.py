@@ -53,9 +53,16 @@ def _print_run(r: dict[str, Any]) -> None:
     from ..reporting import format_table
 
     cost = r.get("cost", {})
-    row = {"method": r["method"], "seed": r["seed"], "student_acc": r.get("student_accuracy", float("nan"))}
-    if r.get("teacher_accuracy") is not None:
-        row["teacher_acc"] = r["teacher_accuracy"]
+    row: dict[str, Any] = {"method": r["method"], "seed": r["seed"]}
+    if r.get("student_miou") is not None:  # segmentation: mean IoU is the headline, then pixel accuracy
+        row["student_miou"] = r["student_miou"]
+        row["student_pixel_acc"] = r.get("student_pixel_accuracy", float("nan"))
+        if r.get("teacher_miou") is not None:
+            row["teacher_miou"] = r["teacher_miou"]
+    else:
+        row["student_acc"] = r.get("student_accuracy", float("nan"))
+        if r.get("teacher_accuracy") is not None:
+            row["teacher_acc"] = r["teacher_accuracy"]
     row["teacher_fwd"] = sum(v for k, v in cost.get("teacher_forward", {}).items() if k != "test")
     row["student_steps"] = sum(cost.get("student_steps", {}).values())
     row["seconds"] = cost.get("seconds", {}).get("total", float("nan"))
