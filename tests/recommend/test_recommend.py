@@ -80,3 +80,13 @@ def test_logme_warns_when_n_is_below_the_feature_dimension():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         get_estimator("logme").score(rng.normal(size=(64, 64)), np.arange(64) % 4)
+
+
+def test_ped_logme_warns_like_logme_and_ped_sfda_does_not():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 64)), np.arange(40) % 4
+    with pytest.warns(UserWarning, match="ped_logme: N=40 images < D=64"):
+        get_estimator("ped_logme").score(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_estimator("ped").score(X, y)

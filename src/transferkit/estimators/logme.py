@@ -117,7 +117,7 @@ class LogME(TransferabilityEstimator):
         return {"score": logme_evidence(data.X, data.y)}
 
 
-def warn_small_n(n: int, d: int) -> None:
+def warn_small_n(n: int, d: int, method: str = "logme") -> None:
     """Warn when N < D: LogME then grows with the feature dimension whatever the features say.
 
     Measured on features that carry no label information (Gaussian noise, 10 classes;
@@ -126,6 +126,6 @@ def warn_small_n(n: int, d: int) -> None:
     N=20 it is 297. The jump sits exactly at N = D (the evidence counts D prior dimensions of which only
     N are constrained by data), so the threshold is N < D."""
     if n < d:
-        warnings.warn(f"logme: N={n} images < D={d} feature dimensions: LogME is inflated by the feature "
+        warnings.warn(f"{method}: N={n} images < D={d} feature dimensions: LogME is inflated by the feature "
                       "dimension here (pure-noise features score higher with more dimensions), so models "
                       "with different D are not comparable; use at least D images", UserWarning, stacklevel=3)

@@ -53,7 +53,7 @@ from scipy.spatial.distance import cdist
 
 from ._base import TransferabilityEstimator, register_estimator
 from ._validation import CheckedInputs, _as_feature_matrix
-from .logme import logme_evidence
+from .logme import logme_evidence, warn_small_n
 from .sfda import class_sums, sfda_score
 
 __all__ = ["PED", "PEDLogME", "ped_features"]
@@ -168,6 +168,8 @@ class _PEDBase(TransferabilityEstimator):
         Z, _ = ped_dynamics(data.X, data.y, G, time_step=p["time_step"], nsigma=p["nsigma"],
                             exit_ratio=p["exit_ratio"], max_steps=p["max_steps"],
                             min_std=p["min_std"], force_constant=p["force_constant"])
+        if self._inner == "LOGME":  # PED moves class means only: LogME's small-N dimension bias stays
+            warn_small_n(data.n_samples, data.n_features, self.name)
         value = sfda_score(Z, data.y) if self._inner == "SFDA" else logme_evidence(Z, data.y)
         return {"score": value, self.components[0]: value}
 
