@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data import ImageDataset
 from ..features import FeatureCache, cache_key, extract_features, resolve_precision, select_device
+from ..features.distributed import dist_context
 from ..models import ModelEntry, ResolvedModel, resolve_model, state_dict_digest
 from ..reporting import atomic_write_text
 
@@ -119,8 +120,11 @@ def embed_dataset(model: str | ModelEntry | ResolvedModel | nn.Module, ds: Image
                   cache_dir: str | Path = ".transferkit_cache", shard_size: int = 8192, batch_size: int = 64,
                   num_workers: int | None = None, device: str = "auto", precision: str = "auto",
                   layer: str | None = None, keep_feature_cache: bool = False, progress: bool = True,
-                  desc: str | None = None, **preprocess: Any) -> EmbeddingStore:
+                  desc: str | None = None, distributed: bool | str = "auto", **preprocess: Any) -> EmbeddingStore:
     """Embed every item of ``ds`` into a memory-mapped store (reused when already complete, resumed when not).
+
+    Under ``torchrun`` (``distributed='auto'``) the ranks share each shard's work through
+    :func:`transferkit.features.extract_features` (gloo on CPU, NCCL on GPU) and rank 0 writes the store.
 
     ``shard_size`` bounds the features held in RAM at once. ``keep_feature_cache`` keeps the per-shard
     feature-cache entries after they are copied into the store (they are dropped by default).
@@ -141,32 +145,43 @@ def embed_dataset(model: str | ModelEntry | ResolvedModel | nn.Module, ds: Image
     doc = {"store": STORE_VERSION, **ident, "data": fingerprint, "precision": prec, "n": len(ds)}
     key = cache_key(doc)
     root = Path(cache_dir).expanduser() / "embeddings" / key
-    root.mkdir(parents=True, exist_ok=True)
+    # under torchrun every rank runs this function; rank 0 alone writes the store (meta, memory map,
+    # progress), the features of each shard are computed by all ranks together inside extract_features
+    ctx = dist_context(distributed)
     meta_path = root / "meta.json"
     meta: dict[str, Any] | None = None
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("n") != len(ds):  # should not happen with a content key: start over
-            meta = None
-    if meta is None:
-        meta = {"key": key, "n": len(ds), "dim": None, "shard_size": int(shard_size), "key_doc": doc,
-                "dataset": ds.describe()}
-        atomic_write_text(meta_path, json.dumps(meta, indent=1, default=str))
-        for p in ("progress.json", "emb.npy", "valid.npy"):
-            (root / p).unlink(missing_ok=True)
-    if _progress_complete(root, meta):
-        return EmbeddingStore(root, key, meta)
+    if ctx.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("n") != len(ds):  # should not happen with a content key: start over
+                meta = None
+        if meta is None:
+            meta = {"key": key, "n": len(ds), "dim": None, "shard_size": int(shard_size), "key_doc": doc,
+                    "dataset": ds.describe()}
+            atomic_write_text(meta_path, json.dumps(meta, indent=1, default=str))
+            for p in ("progress.json", "emb.npy", "valid.npy"):
+                (root / p).unlink(missing_ok=True)
+    meta = ctx.broadcast(meta)
+    assert meta is not None
     shard = int(meta["shard_size"])
     n_shards = -(-len(ds) // shard)
-    done = _read_progress(root)
-    todo = [s for s in range(n_shards) if s not in done]
+    done = ctx.broadcast(_read_progress(root) if ctx.is_main else None)
+    if len(done) == n_shards and ctx.broadcast((root / "emb.npy").exists() if ctx.is_main else None):
+        return EmbeddingStore(root, key, meta)
+    todo = [s for s in range(n_shards) if s not in done]  # a shard done (by any earlier run) is never redone
     label = desc or f"embed {Path(str(ds.source)).name}"
     for s in todo:
         lo, hi = s * shard, min(len(ds), (s + 1) * shard)
         sub = ds.subset(np.arange(lo, hi), note=f"embedding shard {s}/{n_shards}")
         fs = extract_features(model, sub, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers,
                               device=device, precision=precision, layer=layer, probs=False,
-                              progress=progress, name=f"{label} [{s + 1}/{n_shards}]", **preprocess)
+                              distributed=distributed, progress=progress and ctx.is_main,
+                              name=f"{label} [{s + 1}/{n_shards}]", **preprocess)
+        done.add(s)
+        if not ctx.is_main:
+            ctx.barrier()
+            continue
         rows = np.arange(hi - lo) if fs.indices is None else fs.indices
         if meta["dim"] is None:
             meta["dim"] = int(fs.dim)
@@ -179,10 +194,12 @@ def embed_dataset(model: str | ModelEntry | ResolvedModel | nn.Module, ds: Image
         emb.flush()
         valid.flush()
         del emb, valid
-        done.add(s)
         atomic_write_text(root / "progress.json", json.dumps({"done": sorted(done)}))
         if not keep_feature_cache and cache_dir is not None and fs.metadata.get("cache_key"):
             shutil.rmtree(FeatureCache(cache_dir).entry(fs.metadata["cache_key"]).path, ignore_errors=True)
+        del fs
+        ctx.barrier()
+    meta = ctx.broadcast(meta)  # rank 0 learnt the dimension
     return EmbeddingStore(root, key, meta)
 
 

@@ -402,8 +402,12 @@ def curate(cfg: CurateConfig) -> CurationResult:
     meta = {"model": report["config"]["model"], "strategy": cfg.strategy, "budget": cfg.budget,
             "queries": qds.source, "n": len(rows),
             "crops": ggrid.describe(), "index": desc.get("kind"), "seed": cfg.seed}
-    out = write_manifest(cfg.out, rows, meta)
-    write_json(Path(out).with_suffix(".report.json"), report)
+    from ..features.distributed import dist_context
+
+    out = Path(cfg.out)
+    if dist_context().is_main:  # under torchrun every rank selects the same set; rank 0 writes it
+        out = write_manifest(cfg.out, rows, meta)
+        write_json(Path(out).with_suffix(".report.json"), report)
     return CurationResult(Path(out), rows, sel, report)
 
 

@@ -92,7 +92,9 @@ def _scan(path: str) -> tuple[list[_ShardEntry], int, list[str]]:
 
     entries: list[_ShardEntry] = []
     skipped = 0
-    stream = wds.WebDataset(path, shardshuffle=False, handler=handler, empty_check=False)
+    every = lambda src: src  # noqa: E731 - each process lists the whole shard (ranks split the crops later)
+    stream = wds.WebDataset(path, shardshuffle=False, handler=handler, empty_check=False,
+                            nodesplitter=every, workersplitter=every)
     seen: set[str] = set()
     for sample in stream:
         key = str(sample.get("__key__", ""))
