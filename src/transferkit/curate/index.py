@@ -14,9 +14,12 @@ numpy scan with a warning. A GPU is used when faiss-gpu sees one (``gpu='auto'``
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,7 +27,7 @@ import numpy as np
 from .embed import GalleryEmbeddings
 
 __all__ = ["ExactIndex", "FaissIndex", "IndexConfig", "SearchIndex", "build_index", "faiss_available",
-           "recall_at_k"]
+           "gallery_signature", "recall_at_k"]
 
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "numpy")
 
@@ -74,6 +77,9 @@ class IndexConfig:
     block: int = 32768  # rows read from the memory map at a time
     threads: int | None = None  # faiss OpenMP threads (None: faiss default = all cores)
     seed: int = 0
+    path: str | None = None  # save the built index here and reload it when the gallery is the same
+    ondisk: bool = False  # IVF kinds: inverted lists in a memory-mapped file next to the index, not in RAM
+    ondisk_part: int = 1_000_000  # on-disk build: rows filled in RAM before being written out as one part
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -152,13 +158,30 @@ def _divisor_at_most(d: int, m: int) -> int:
     return m
 
 
+def gallery_signature(gallery: GalleryEmbeddings) -> dict[str, Any]:
+    """What a saved index was built from: the stores (content keys) and their sizes."""
+    return {"stores": [str(getattr(s, "key", "")) for s in gallery.stores], "n": int(gallery.n),
+            "valid": int(gallery.valid.sum()), "dim": int(gallery.dim)}
+
+
 class FaissIndex:
-    """A faiss index over the valid gallery rows (ids = global gallery row numbers)."""
+    """A faiss index over the valid gallery rows (ids = global gallery row numbers).
+
+    IVF kinds are trained on a seeded sample of ``train_size`` vectors and filled block by block from the
+    memory map (never the whole gallery in RAM); with ``ondisk`` the inverted lists live in a
+    memory-mapped file (``faiss.OnDiskInvertedLists``), so only the coarse centroids and the PQ tables are
+    in RAM. :meth:`save` / :meth:`load` write and re-open it (``IO_FLAG_MMAP`` for on-disk lists).
+    """
+
+    INDEX_FILE = "index.faiss"
+    LISTS_FILE = "lists.ivfdata"
+    META_FILE = "index.json"
 
     def __init__(self, gallery: GalleryEmbeddings, kind: str, cfg: IndexConfig, progress: bool = False):
         import faiss
 
         self.gallery, self.kind, self.cfg = gallery, kind, cfg
+        self.nbits = None
         if cfg.threads is not None:  # on a shared CPU, spinning OpenMP threads can slow faiss down many times
             faiss.omp_set_num_threads(int(cfg.threads))
         d, n = gallery.dim, int(gallery.valid.sum())
@@ -183,27 +206,110 @@ class FaissIndex:
             index.nprobe = min(cfg.nprobe, nlist)
             self.nlist = nlist
             self._quantizer = quantizer  # keep alive (faiss does not own it)
+            if cfg.ondisk and not cfg.path:
+                raise ValueError("ondisk inverted lists need an index path (IndexConfig.path)")
         self.gpu = False
         want = cfg.gpu is True or str(cfg.gpu).lower() == "true"
-        if (want or cfg.gpu == "auto") and _faiss_gpus() > 0:
+        if (want or cfg.gpu == "auto") and _faiss_gpus() > 0 and not cfg.ondisk:
             self._res = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._res, 0, index)
             self.gpu = True
         elif want:
             warnings.warn("gpu=true but faiss sees no GPU: searching on the CPU", RuntimeWarning, stacklevel=2)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=gallery.n, desc=f"index ({kind})", unit="vec", disable=not progress, leave=False)
-        valid = gallery.valid
-        for start, blk in gallery.blocks(cfg.block):
-            ok = valid[start:start + len(blk)]
-            ids = np.arange(start, start + len(blk), dtype=np.int64)[ok]
-            if len(ids):
-                index.add_with_ids(np.ascontiguousarray(blk[ok]), ids)
-            bar.update(len(blk))
-        bar.close()
+        if cfg.ondisk and kind != "flat":
+            index = self._add_ondisk(index, progress)
+        else:
+            self._add(index, progress)
         self.index = index
         self.ntotal = int(index.ntotal)
+
+    def _add(self, index: Any, progress: bool, lo: int = 0, hi: int | None = None) -> None:
+        """Add the valid gallery rows ``lo:hi`` block by block (``cfg.block`` rows read at a time)."""
+        from tqdm.auto import tqdm
+
+        g, valid = self.gallery, self.gallery.valid
+        hi = g.n if hi is None else hi
+        bar = tqdm(total=hi - lo, desc=f"index ({self.kind})", unit="vec", disable=not progress, leave=False)
+        for start, blk in g.blocks(self.cfg.block):
+            if start + len(blk) <= lo or start >= hi:
+                continue
+            a, b = max(lo, start) - start, min(hi, start + len(blk)) - start
+            ok = valid[start + a:start + b]
+            ids = np.arange(start + a, start + b, dtype=np.int64)[ok]
+            if len(ids):
+                index.add_with_ids(np.ascontiguousarray(blk[a:b][ok]), ids)
+            bar.update(b - a)
+        bar.close()
+
+    def _add_ondisk(self, trained: Any, progress: bool) -> Any:
+        """faiss's on-disk recipe: fill one in-RAM copy of the trained index per part of ``ondisk_part`` rows,
+        write it, then merge every part's lists into one memory-mapped ``lists.ivfdata`` file."""
+        import faiss
+        from faiss.contrib.ondisk import merge_ondisk
+
+        folder = Path(str(self.cfg.path)).expanduser().resolve()
+        parts_dir = folder / "parts"
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        names = []
+        for k, lo in enumerate(range(0, self.gallery.n, self.cfg.ondisk_part)):
+            part = faiss.clone_index(trained)
+            self._add(part, progress, lo, min(self.gallery.n, lo + self.cfg.ondisk_part))
+            name = parts_dir / f"part{k:05d}.index"
+            faiss.write_index(part, str(name))
+            names.append(str(name))
+            del part
+        lists = folder / self.LISTS_FILE
+        lists.unlink(missing_ok=True)
+        merge_ondisk(trained, names, str(lists))
+        for n in names:
+            Path(n).unlink()
+        parts_dir.rmdir()
+        return trained
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the index (CPU copy) and what it was built from to ``path`` (a folder; atomically)."""
+        import faiss
+
+        from ..reporting import atomic_write_text
+
+        out = Path(path or self.cfg.path or "")
+        if not str(out):
+            raise ValueError("no index path to save to")
+        out.mkdir(parents=True, exist_ok=True)
+        idx = faiss.index_gpu_to_cpu(self.index) if self.gpu else self.index
+        tmp = out / (self.INDEX_FILE + ".tmp")
+        faiss.write_index(idx, str(tmp))
+        os.replace(tmp, out / self.INDEX_FILE)
+        meta = {"kind": self.kind, "nlist": self.nlist, "m": self.m, "nbits": self.nbits,
+                "ondisk": bool(self.cfg.ondisk), "gallery": gallery_signature(self.gallery)}
+        atomic_write_text(out / self.META_FILE, json.dumps(meta, indent=1))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, gallery: GalleryEmbeddings, cfg: IndexConfig | None = None) -> FaissIndex:
+        """Re-open a saved index for ``gallery`` (refused when it was built from other embeddings)."""
+        import faiss
+
+        cfg = cfg or IndexConfig()
+        folder = Path(path)
+        meta_p, idx_p = folder / cls.META_FILE, folder / cls.INDEX_FILE
+        if not (meta_p.is_file() and idx_p.is_file()):
+            raise FileNotFoundError(f"{folder}: no saved index ({cls.INDEX_FILE} + {cls.META_FILE})")
+        meta = json.loads(meta_p.read_text())
+        if meta["gallery"] != gallery_signature(gallery):
+            raise ValueError(f"{folder}: the saved index was built from other gallery embeddings; delete it "
+                             "or choose another index path")
+        if cfg.threads is not None:
+            faiss.omp_set_num_threads(int(cfg.threads))
+        # on-disk lists are memory-mapped by faiss itself, from the absolute path stored at build time
+        index = faiss.read_index(str(idx_p))
+        self = cls.__new__(cls)
+        self.gallery, self.kind, self.cfg = gallery, meta["kind"], cfg
+        self.nlist, self.m, self.nbits = meta.get("nlist"), meta.get("m"), meta.get("nbits")
+        if self.nlist:
+            faiss.extract_index_ivf(index).nprobe = min(cfg.nprobe, self.nlist)
+        self.index, self.gpu, self.ntotal = index, False, int(index.ntotal)
+        return self
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -241,6 +347,10 @@ class FaissIndex:
         if self.kind == "ivfpq":
             d.update(m=self.m, nbits=self.nbits, rerank=self.cfg.rerank,
                      bytes_per_vector=int(math.ceil(self.m * self.nbits / 8)))
+        if self.cfg.ondisk:
+            d["ondisk"] = True
+        if self.cfg.path:
+            d["path"] = str(self.cfg.path)
         return d
 
 
@@ -257,7 +367,17 @@ def build_index(gallery: GalleryEmbeddings, cfg: IndexConfig | None = None, prog
                       "(pip install 'transferkit[retrieval]' for IVF / IVF-PQ and faster search)",
                       RuntimeWarning, stacklevel=2)
         return ExactIndex(gallery, block=cfg.block)
-    return FaissIndex(gallery, kind, cfg, progress=progress)
+    if cfg.path and (Path(cfg.path) / FaissIndex.META_FILE).is_file():
+        try:
+            idx = FaissIndex.load(cfg.path, gallery, cfg)
+            if idx.kind == kind:
+                return idx
+        except ValueError:  # built from other embeddings: rebuild over it
+            pass
+    index = FaissIndex(gallery, kind, cfg, progress=progress)
+    if cfg.path:
+        index.save(cfg.path)
+    return index
 
 
 def recall_at_k(index: SearchIndex, exact: SearchIndex, queries: np.ndarray, k: int = 10) -> float:
