@@ -13,6 +13,8 @@ Examples:
   transferkit curate --queries ../shared/data/eurosat/eurosat.zip --gallery ../shared/data/cifar10/cifar10.zip \\
       --budget 2000 -m local-dir:../shared/weights/mobilenetv2_100.in1k -o transfer_set.csv
   transferkit curate -c curate.yaml --budget 5000     # options from a YAML file, one overridden
+  torchrun --nproc_per_node 4 -m transferkit curate -c curate.yaml \
+      --gallery '/data/pool/{00000..00999}.tar' --index ivfpq --index-path pool_index   # 4 embedding ranks
 """
 
 
@@ -25,7 +27,9 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, exists=True),
               help="YAML file of curate options (command-line options override it).")
 @click.option("--queries", help="Labeled target dataset used as queries (folder, zip, csv, npz, idx).")
-@click.option("--gallery", multiple=True, help="Gallery (pool) dataset; repeat or comma-separate for several.")
+@click.option("--gallery", multiple=True,
+              help="Gallery (pool) dataset; repeat or comma-separate for several. Also WebDataset tar shards "
+                   "('pool/{00000..00099}.tar') and precomputed-embedding folders (img_emb/*.npy + metadata/*.parquet).")
 @click.option("--budget", type=int, help="Transfer-set size (number of crops).")
 @click.option("--model", "-m", help="Embedding model: any spec `transferkit extract` accepts.")
 @click.option("--out", "-o", default="transfer_set.csv", show_default=True, help="Manifest to write.")
@@ -51,6 +55,10 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--nprobe", type=int, default=32, show_default=True,
               help="IVF lists searched per query (more: better recall, slower).")
 @click.option("--pq-m", type=int, default=32, show_default=True, help="IVF-PQ bytes per vector.")
+@click.option("--index-path", help="Save the built index in this folder and reuse it while the gallery is unchanged.")
+@click.option("--ondisk", is_flag=True, default=None,
+              help="IVF kinds: keep the inverted lists in a memory-mapped file under --index-path (not in RAM).")
+@click.option("--shard-size", type=int, help="Crops embedded per resumable shard (bounds the RAM used; default 8192).")
 @click.option("--candidates", type=int, help="Neighbours per query crop (default 4 x quota + 16, grown as needed).")
 @click.option("--dup-threshold", type=float, default=0.98, show_default=True,
               help="Cosine above which a crop counts as a near-duplicate of a selected one (1 = off).")
@@ -84,6 +92,7 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
             raise click.BadParameter("the config file must hold a mapping", param_hint="--config")
     index_doc = dict(doc.pop("index", {}) or {})
     plain = {"queries", "budget", "model", "out", "strategy", "query_split", "query_per_class", "test", "test_split", "test_per_class",
+             "shard_size",
              "scales", "grid", "query_scales", "candidates", "dup_threshold", "leak_threshold", "max_per_image",
              "batch_size", "device", "cache_dir", "seed"}
     for name in plain:
@@ -98,7 +107,7 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
         raise click.UsageError("--gallery-split/--gallery-per-class apply to --gallery; set split/per_class "
                                "on each gallery entry of the --config file instead")
     for cli_name, key in (("index_kind", "kind"), ("exact_max", "exact_max"), ("nlist", "nlist"),
-                          ("nprobe", "nprobe"), ("pq_m", "m")):
+                          ("nprobe", "nprobe"), ("pq_m", "m"), ("index_path", "path"), ("ondisk", "ondisk")):
         if (_given(ctx, cli_name) or key not in index_doc) and opts[cli_name] is not None:
             index_doc[key] = opts[cli_name]
     if doc.get("dup_threshold") is not None and float(doc["dup_threshold"]) >= 1.0:
