@@ -35,6 +35,7 @@ from torch import nn
 from ..data import CorruptImageError, CorruptImageWarning, ImageDataset, open_dataset
 from ..models import ModelEntry, ResolvedModel, make_feature_fn, read_zoo, resolve_model, state_dict_digest
 from ..reporting import OutputWriteError
+from .allocator import keep_allocations_in_heap
 from .cache import CacheEntry, FeatureCache, cache_key
 from .distributed import DistContext, dist_context
 from .featureset import FeatureSet
@@ -167,8 +168,9 @@ class _Items(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, i: int) -> tuple[int, Any, str | None, str | None]:
+        memo: DecodedImages | None = getattr(self.ds, "_decoded_images", None)
         try:
-            x = self.ds.load(i)
+            x = memo.load(self.ds, i) if memo is not None else self.ds.load(i)
         except CorruptImageError as exc:
             return i, None, exc.name, exc.cause
         return i, (self.transform(x) if self.transform is not None else x), None, None
@@ -177,6 +179,43 @@ class _Items(torch.utils.data.Dataset):
         if self.transform is None and hasattr(self.ds, "load_batch"):  # pre-made tensors: one gather
             return _Batch(self.ds.load_batch(idx), list(idx), [])
         return [self[i] for i in idx]
+
+
+class DecodedImages:
+    """Decoded images of one dataset kept in memory (up to ``budget_bytes``), so that the models of a zoo
+    decode each image once (:func:`extract_zoo`); the transforms never modify their input image, so the
+    features are those of a fresh decode. Unreadable items are remembered too (their error)."""
+
+    def __init__(self, budget_bytes: int = 1 << 30):
+        self.budget, self.used = int(budget_bytes), 0
+        self.images: dict[int, Any] = {}
+        self.hits = self.misses = 0
+
+    def load(self, ds: ImageDataset, i: int) -> Any:
+        got = self.images.get(i)
+        if got is not None:
+            self.hits += 1
+            if isinstance(got, CorruptImageError):
+                raise got
+            return got
+        self.misses += 1
+        try:
+            x = ds.load(i)
+        except CorruptImageError as exc:
+            self.images[i] = exc
+            raise
+        size = _image_bytes(x)
+        if self.used + size <= self.budget:
+            self.images[i] = x
+            self.used += size
+        return x
+
+
+def _image_bytes(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.element_size() * x.nelement()
+    w, h = getattr(x, "size", (0, 0))
+    return int(w) * int(h) * len(getattr(x, "getbands", lambda: "RGB")())
 
 
 def _collate(items: Any) -> _Batch:
@@ -489,6 +528,8 @@ def _compute(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, units: list[l
     Returns the position ranges of the chunks written."""
     if not units:
         return []
+    if dev.type == "cpu":
+        keep_allocations_in_heap()  # activations reuse heap pages instead of mmap/munmap per layer
     model = prep.build().to(dev).eval()
     if channels_last is None:  # NHWC helps convolutions on GPUs and on CPUs (oneDNN); no-op for transformers
         channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -497,6 +538,8 @@ def _compute(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, units: list[l
         model = model.to(memory_format=torch.channels_last)
     fn = make_feature_fn(model, layer, with_logits=probs)
     background = prep.background_index if drop_background else None
+    if num_workers is None:  # decoded images shared by a zoo live in this process: decode here
+        num_workers = 0 if getattr(ds, "_decoded_images", None) is not None else None
     workers = default_num_workers(dev, ds.is_preprocessed) if num_workers is None else num_workers
     spans = [(a, b, k == len(u) - 1) for u in units for k, (a, b) in enumerate(u)]  # (lo, hi, ends a unit)
     loader = torch.utils.data.DataLoader(
@@ -615,6 +658,7 @@ def extract_zoo(
     progress: bool = True,
     chunk_size: int | None = None,
     chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
+    decode_budget_bytes: int = 1 << 30,
     **kwargs: Any,
 ) -> dict[str, FeatureSet]:
     """Features of every model of a zoo on one dataset: ``{model name: FeatureSet}``.
@@ -623,7 +667,9 @@ def extract_zoo(
     file (``.yaml``/``.yml``; per-model options apply); any other single string is one spec. The dataset is
     opened and fingerprinted once. Cached models cost nothing; an interrupted call resumes where it stopped
     (``chunk_size`` / ``chunk_seconds``: how often the cache is written, see :func:`extract_features`);
-    other keyword arguments go to :func:`extract_features`.
+    other keyword arguments go to :func:`extract_features`. Each image is decoded once for all models (kept
+    in memory up to ``decode_budget_bytes``, 0: off); loading then runs in this process unless
+    ``num_workers`` is given.
     """
     if isinstance(models, (str, Path)) and Path(models).suffix.lower() in (".yaml", ".yml"):
         entries = read_zoo(models)
@@ -637,9 +683,16 @@ def extract_zoo(
         raise ValueError(f"duplicate model names {dup}: name them in a zoo file")
     ds = open_dataset(data, split, per_class=per_class, seed=seed, test_fraction=kwargs.pop("test_fraction", 0.2))
     out: dict[str, FeatureSet] = {}
-    for e in entries:
-        out[e.name] = extract_features(e, ds, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers,
-                                       device=device, progress=progress, seed=seed, chunk_size=chunk_size,
-                                       chunk_seconds=chunk_seconds, **kwargs)
-        out[e.name].metadata["dataset"].update(per_class=per_class, seed=seed)
+    share = len(entries) > 1 and not ds.is_preprocessed and decode_budget_bytes > 0
+    if share:  # each image is decoded once for the whole zoo (see DecodedImages)
+        ds._decoded_images = DecodedImages(decode_budget_bytes)  # type: ignore[attr-defined]
+    try:
+        for e in entries:
+            out[e.name] = extract_features(e, ds, cache_dir=cache_dir, batch_size=batch_size,
+                                           num_workers=num_workers, device=device, progress=progress, seed=seed,
+                                           chunk_size=chunk_size, chunk_seconds=chunk_seconds, **kwargs)
+            out[e.name].metadata["dataset"].update(per_class=per_class, seed=seed)
+    finally:
+        if share:
+            del ds._decoded_images  # type: ignore[attr-defined]
     return out
