@@ -15,9 +15,13 @@ stratified 1/5 validation split, evaluated every `eval_every` iterations.
 
 The paper leaves several readings open; each is a parameter (see `docs/itm.md`):
 the normalisation of C (`dca_norm`: the spectral normalisation reduces to the appendix's
-"C = η" when B = 1), the anchor (`eta_anchor`, `dispersion_anchor`, dispersion per √D so that it
-is comparable across feature sizes), λ (`lam`: "eta" reads §3.4 "λ ... is controlled by C with
-η"), how validation batches are evolved (`val_evolution`: by default with one DCA step on the
+"C = η" when B = 1; "frobenius", "trace"), the units and anchor of Eq. 12 (`dispersion_units`:
+per √D by default, "class_separation" for an η that follows the class structure, "raw" as printed;
+`eta_anchor`, `dispersion_anchor`), λ (`lam`: "eta" reads §3.4 "λ ... is controlled by C with η";
+0 lets L_pc act only through Eq. 7), the splits (`n_splits`, `split`: repeated 4:1 or k-fold,
+averaged), what is read off the validation checks (`score_reading`: best accuracy, mean accuracy,
+or the tie-free log-likelihood; `itm_saturated` flags a score at its 1.0 ceiling), how validation
+batches are evolved (`val_evolution`: by default with one DCA step on the
 *training* split, so validation labels are never used), what ψ is and how it starts (`psi`,
 `init`: W = 0 and an identity head by default) and what L_pc constrains (`pc_input`). There is
 no public reference implementation to match; correctness rests on following the paper and on the
@@ -103,7 +107,7 @@ def standardize(X: np.ndarray, mode: str = "feature") -> np.ndarray:
 
 
 def class_dispersion(Xs: np.ndarray, y: np.ndarray, n_classes: int,
-                     units: str = "class_separation") -> float:
+                     units: str = "per_sqrt_dim") -> float:
     """dis_φ of Appendix A.3: mean Euclidean distance of each feature to its class mean.
 
     `units` says what the distance is measured in (the paper's formula has no unit; docs/itm.md):
@@ -298,7 +302,7 @@ class ITM(TransferabilityEstimator):
             "adaptive_eta": True,  # Eq. 12 (False: η = eta_anchor for every model)
             "eta_anchor": 0.5,  # η_b
             "dispersion_anchor": 1.0,  # dis_b, in `dispersion_units`
-            "dispersion_units": "per_sqrt_dim",  # "class_separation" | "per_sqrt_dim" | "raw"
+            "dispersion_units": "per_sqrt_dim",  # | "class_separation" (η adapts, issue 13) | "raw"
             "dca_norm": "spectral",  # C = η EEᵀ/λ_max(EEᵀ); "frobenius": /‖EEᵀ‖_F; "trace": /tr
             "lam": "eta",  # λ in Eq. 8: "eta" (λ = η) or a number (0: L_pc acts only via Eq. 7)
             "pc_input": "evolved",  # L_pc on the DCA-evolved (or merely mapped) embedding
