@@ -158,3 +158,20 @@ def test_precomputed_dimension_mismatch_is_one_clear_error(tmp_path: Path, tiny_
                        device="cpu", progress=False, leak_threshold=None, num_workers=0)
     with pytest.raises(ValueError, match="7 dimensions but the model gives 96"):
         curate(cfg)
+
+
+def test_leakage_guard_drops_test_copies_in_shards(tmp_path: Path, tiny_data: dict, tiny_model) -> None:
+    """A gallery shard holding byte-identical copies of the target's test images: none is ever selected."""
+    test_files = sorted((tiny_data["target"] / "test").rglob("*.png"))
+    samples = [(f"copy{i}", f.read_bytes(), "png", None) for i, f in enumerate(test_files)]
+    samples += [(f"{i:06d}", _png(COLORS[i % 3], 500 + i), "png", None) for i in range(6)]
+    (tar,) = write_shards(samples, tmp_path / "pool", per_shard=100)
+    cfg = CurateConfig(queries=str(tiny_data["target"]), gallery=[str(tar)], budget=6, model=tiny_model,
+                       scales=(1.0,), cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "ts.csv"), device="cpu",
+                       progress=False, index={"kind": "numpy"}, dup_threshold=None, leak_threshold=None,
+                       num_workers=0, test="auto")
+    for strategy in ("balanced", "random"):
+        cfg.strategy = strategy
+        res = curate(cfg)
+        assert res.report["leakage_guard"]["exact_copies_images"] == len(test_files)
+        assert len(res.rows) == 6 and not any(r.item.startswith("copy") for r in res.rows)

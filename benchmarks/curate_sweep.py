@@ -1,0 +1,278 @@
+"""Transfer-set size sweep (knowledge-transfer paper, Fig. 5): curated vs random retrieval-augmented transfer
+sets of several sizes, plus the whole gallery, for task-oriented distillation on EuroSAT 10-shot.
+
+Per seed (3 by default):
+
+* queries: EuroSAT, ``--shots`` (10) labeled train images per class, drawn with the seed (the same images
+  `transferkit distill --per-class 10 --set seed=S` labels);
+* gallery (>= 30,000 images), written by this script as **WebDataset tar shards** (img2dataset layout,
+  the original image bytes) so that curate's shard path is the one exercised: every CIFAR-10,
+  flower_photos, DTD-10 and ImageNet-samples image (shared by all seeds: ``shards/common/``) and the
+  EuroSAT train images other than that seed's queries (a small in-domain minority: ``shards/eurosat_seedS/``);
+  no EuroSAT test image is written, and the leakage guard still runs (exact digests + cosine threshold);
+* transfer sets of ``--sizes`` images' worth of crops (1k, 2k, 4k images x crops per image), curated
+  (query-balanced crop retrieval) and random (same pool, same size), and the whole gallery (every image,
+  whole, byte-identical test copies dropped);
+* task-oriented distillation with the EuroSAT recipe (``--distill-config``, default
+  benchmarks/curate_distill.yaml = benchmarks/distill_eurosat.yaml's settings) with a fixed number of
+  optimizer steps per run (``--steps``; the same compute for every size, so size effects are not step effects).
+
+Resumable: shards, embeddings (content-keyed stores), manifests and finished distillation runs
+(``results.json``) are kept under ``--out-dir`` and skipped on re-runs. Writes ``sweep.csv`` (one row per run),
+``summary.md`` (mean ± std over seeds) and ``sweep.png`` (accuracy vs transfer-set size).
+
+    nice python benchmarks/curate_sweep.py                      # the full experiment (hours; see docs/curate.md)
+    nice python benchmarks/curate_sweep.py --quick              # tiny smoke run (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+EUROSAT = DATA / "eurosat" / "eurosat.zip"
+OTHERS = {"cifar10": "cifar10/cifar10.zip", "flower_photos": "flower_photos/flower_photos.zip",
+          "dtd10": "dtd10/dtd10.zip", "imagenet_samples": "imagenet_samples/imagenet_samples.zip"}
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _zip_samples(ds, prefix: str):
+    """``(key, original bytes, ext, None)`` for every item of a zip-folder dataset (or a subset of one)."""
+    from transferkit.curate.manifest import item_ref
+
+    zf = zipfile.ZipFile(ds.source if not hasattr(ds, "base") else ds.base.source)
+    for i in range(len(ds)):
+        _, _, name = item_ref(ds, i)
+        ext = Path(name).suffix.lower().lstrip(".") or "jpg"
+        ext = "jpg" if ext == "jpeg" else ext
+        yield f"{prefix}{i:07d}", zf.read(name), ext, None
+
+
+def write_gallery(out: Path, seed: int, shots: int, per_class_cap: int | None, per_shard: int) -> list[str]:
+    """The gallery's shard patterns for one seed (written once; a finished set has a ``done`` marker)."""
+    from transferkit.curate.shards import write_shards
+    from transferkit.data import open_dataset
+
+    common = out / "shards" / "common"
+    if not (common / "done").exists():
+        def samples():
+            for name, rel in OTHERS.items():
+                ds = open_dataset(str(DATA / rel), split="all", per_class=None if name == "imagenet_samples"
+                                  else per_class_cap, seed=0)
+                if name == "imagenet_samples" and per_class_cap:
+                    ds = ds.subset(np.arange(min(len(ds), per_class_cap * 10)))
+                yield from _zip_samples(ds, f"{name}_")
+        paths = write_shards(samples(), common, per_shard=per_shard)
+        (common / "done").write_text(json.dumps({"shards": len(paths)}))
+    eu = out / "shards" / f"eurosat_seed{seed}"
+    if not (eu / "done").exists():
+        train = open_dataset(str(EUROSAT), split="train")
+        queries = open_dataset(str(EUROSAT), split="train", per_class=shots, seed=seed)
+        from transferkit.curate.manifest import item_ref
+
+        qnames = {item_ref(queries, i)[2] for i in range(len(queries))}
+        keep = [i for i in range(len(train)) if item_ref(train, i)[2] not in qnames]
+        if per_class_cap:
+            rng = np.random.default_rng(seed)
+            keep = sorted(rng.choice(keep, min(len(keep), per_class_cap * 10), replace=False).tolist())
+        paths = write_shards(_zip_samples(train.subset(np.array(keep)), "eurosat_"), eu, per_shard=per_shard)
+        (eu / "done").write_text(json.dumps({"shards": len(paths), "images": len(keep)}))
+    pats = []
+    for d in (common, eu):
+        n = json.loads((d / "done").read_text())["shards"]
+        pats.append(str(d / f"{{00000..{n - 1:05d}}}.tar") if n > 1 else str(d / "00000.tar"))
+    return pats
+
+
+def curate_sets(args, seed: int, gallery: list[str], out: Path) -> dict[tuple[str, int], Path]:
+    """Curated and random manifests of every size for one seed (kept; reused on re-runs)."""
+    from transferkit.curate.crops import CropGrid
+    from transferkit.curate.pipeline import CurateConfig, curate
+
+    S = len(CropGrid.parse(args.scales))
+    sets = {}
+    for size in args.sizes:
+        for strategy in ("balanced", "random"):
+            man = out / "sets" / f"seed{seed}" / f"{strategy}_{size}.csv"
+            if not man.exists():
+                man.parent.mkdir(parents=True, exist_ok=True)
+                cfg = CurateConfig(queries=str(EUROSAT), gallery=gallery, budget=size * S, model=args.model,
+                                   out=str(man), strategy=strategy, query_split="train", query_per_class=args.shots,
+                                   test="auto", scales=tuple(float(s) for s in args.scales.split(",")),
+                                   batch_size=args.batch_size, cache_dir=str(out / "cache"), seed=seed,
+                                   progress=not args.quiet, index={"kind": args.index, "threads": 1})
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    r = curate(cfg)
+                print(f"seed {seed} {strategy} {size}: {len(r.rows)} crops in {time.perf_counter() - t0:.0f} s "
+                      f"(leakage guard: {r.report['leakage_guard']}) load {_load()}", flush=True)
+            sets[(strategy, size)] = man
+    whole = out / "sets" / f"seed{seed}" / "whole_gallery.csv"
+    if not whole.exists():
+        whole_gallery_manifest(gallery, whole)
+    sets[("whole", -1)] = whole
+    return sets
+
+
+def whole_gallery_manifest(gallery: list[str], path: Path) -> Path:
+    """Every gallery image, whole, minus byte-identical copies of EuroSAT test images (the leakage guard)."""
+    from transferkit.curate.manifest import ManifestRow, write_manifest
+    from transferkit.curate.shards import open_shard_gallery
+    from transferkit.data import open_dataset
+
+    test = set(open_dataset(str(EUROSAT), split="test").item_digests())
+    rows, dropped = [], 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        shards = [ds for pat in gallery for ds in open_shard_gallery(pat)]
+    for ds in shards:
+        for i, (name, dig) in enumerate(zip(ds.names, ds.item_digests())):
+            if dig in test:
+                dropped += 1
+                continue
+            w, h = ds.load(i).size
+            rows.append(ManifestRow(ds.source, "", name, 0, 0, w, h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_manifest(path, rows, {"strategy": "whole gallery", "n": len(rows), "test_copies_dropped": dropped})
+
+
+def distill_one(args, seed: int, strategy: str, size: int, manifest: Path, out: Path) -> dict:
+    run = out / "runs" / f"seed{seed}_{strategy}_{size if size > 0 else 'all'}"
+    res = run / "results.json"
+    if not res.exists():
+        run.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-c", "from transferkit.cli import main; main()", "distill",
+               "--config", args.distill_config, "--data", str(EUROSAT), "--per-class", str(args.shots),
+               "--transfer", str(manifest), "--method", "task_oriented", "--out", str(run),
+               "--set", f"seed={seed}", "--set", f"distill.steps={args.steps}", "--no-export-onnx",
+               "--set", f"cache_dir={out / 'distill_cache'}"] + list(args.distill_args)
+        t0 = time.perf_counter()
+        with open(run / "log.txt", "a") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+        if rc or not res.exists():
+            tail = (run / "log.txt").read_text().strip().splitlines()[-1:] or [""]
+            raise SystemExit(f"Error: distillation {run.name} failed (exit {rc}): {tail[0][:200]}")
+        (run / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
+    d = json.loads(res.read_text())
+    secs = float((run / "seconds.txt").read_text()) if (run / "seconds.txt").exists() else float("nan")
+    n = sum(1 for ln in manifest.read_text().splitlines() if ln and not ln.startswith("#")) - 1
+    return {"seed": seed, "strategy": strategy, "size_images": size if size > 0 else "all", "crops": n,
+            "student_acc": d.get("student_accuracy"), "teacher_acc": d.get("teacher_accuracy"),
+            "seconds": secs}
+
+
+def summarise(rows: list[dict], out: Path) -> str:
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "sweep.csv", index=False)
+    g = df.groupby(["strategy", "size_images"], sort=False)["student_acc"]
+    summ = g.agg(["mean", "std", "count"]).reset_index()
+    lines = ["| transfer set | images' worth | crops | student acc (mean ± std) | seeds |", "|---|---|---|---|---|"]
+    crops = df.groupby(["strategy", "size_images"], sort=False)["crops"].mean()
+    for _, r in summ.iterrows():
+        lines.append(f"| {r['strategy']} | {r['size_images']} | {crops[(r['strategy'], r['size_images'])]:.0f} | "
+                     f"{100 * r['mean']:.1f} ± {100 * (r['std'] if r['count'] > 1 else float('nan')):.1f} | "
+                     f"{int(r['count'])} |")
+    table = "\n".join(lines)
+    (out / "summary.md").write_text(table + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for strat, mark in (("balanced", "o-"), ("random", "s--")):
+        s = summ[summ["strategy"] == strat]
+        if len(s):
+            ax.errorbar(s["size_images"].astype(int), 100 * s["mean"], yerr=100 * s["std"].fillna(0), fmt=mark,
+                        capsize=3, label="curated (query-balanced)" if strat == "balanced" else "random, same size")
+    w = summ[summ["strategy"] == "whole"]
+    if len(w):
+        ax.axhline(100 * w["mean"].iloc[0], color="gray", ls=":", label="whole gallery")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("transfer-set size (images' worth of crops)")
+    ax.set_ylabel("EuroSAT test accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=130)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results" / "curate_sweep"))
+    ap.add_argument("--seeds", type=lambda v: [int(s) for s in v.split(",")], default=[0, 1, 2])
+    ap.add_argument("--sizes", type=lambda v: [int(s) for s in v.split(",")], default=[1000, 2000, 4000],
+                    help="transfer-set sizes in images' worth of crops (budget = size x crops per image)")
+    ap.add_argument("--shots", type=int, default=10)
+    ap.add_argument("--scales", default="1,0.5", help="gallery crop scales (1,0.5: 5 crops per image)")
+    ap.add_argument("--model", default=f"local-dir:{REPO.parent / 'shared' / 'weights' / 'mobilenetv1_025.in1k'}",
+                    help="embedding model of the retrieval")
+    ap.add_argument("--index", default="auto")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=2000, help="distillation optimizer steps per run (all sizes)")
+    ap.add_argument("--distill-config", default=str(REPO / "benchmarks" / "curate_distill.yaml"))
+    ap.add_argument("--per-class-cap", type=int, default=None, help="gallery images per class per source (smoke)")
+    ap.add_argument("--per-shard", type=int, default=1000)
+    ap.add_argument("--no-distill", action="store_true", help="stop after the transfer sets")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 seed, 20 images/class/source, sizes 20,40, 2 shots, 20 steps, 20 test/class")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--distill-args", nargs=argparse.REMAINDER, default=[])
+    a = ap.parse_args(argv)
+    if not EUROSAT.exists():
+        print(f"Error: {EUROSAT} not found (the sweep needs ../shared/data)", file=sys.stderr)
+        return 1
+    if a.quick:
+        a.seeds, a.sizes, a.shots, a.per_class_cap, a.steps, a.per_shard = [0], [20, 40], 2, 20, 20, 200
+        a.distill_args = ["--set", "test_per_class=20", "--set", "finetune.epochs=1", "--set", "views=1",
+                          "--set", "probe_folds=2"] + list(a.distill_args)
+        if a.out_dir == str(REPO / "benchmarks" / "results" / "curate_sweep"):
+            a.out_dir += "_quick"
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    rows = []
+    t_all = time.perf_counter()
+    for seed in a.seeds:
+        t0 = time.perf_counter()
+        gallery = write_gallery(out, seed, a.shots, a.per_class_cap, a.per_shard)
+        timings[f"seed{seed}_shards"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sets = curate_sets(a, seed, gallery, out)
+        timings[f"seed{seed}_curate"] = time.perf_counter() - t0
+        print(f"seed {seed}: gallery {gallery}; transfer sets ready ({timings[f'seed{seed}_curate']:.0f} s)",
+              flush=True)
+        if a.no_distill:
+            continue
+        for (strategy, size), man in sets.items():
+            t0 = time.perf_counter()
+            rows.append(distill_one(a, seed, strategy, size, man, out))
+            print(f"seed {seed} {strategy} {size}: student acc {rows[-1]['student_acc']} "
+                  f"({time.perf_counter() - t0:.0f} s, load {_load()})", flush=True)
+    timings["total"] = time.perf_counter() - t_all
+    (out / "timings.json").write_text(json.dumps({**timings, "load_average_end": _load()}, indent=1))
+    if rows:
+        print(summarise(rows, out))
+        print(f"wrote {out / 'sweep.csv'}, {out / 'summary.md'}, {out / 'sweep.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
