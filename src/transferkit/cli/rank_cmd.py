@@ -98,16 +98,64 @@ def _check_shapes(z: ZooFeatures, source: str) -> None:
         raise click.ClickException(f"{source}: X has {len(X)} rows but P has {len(z.P)}")
 
 
+def _halving_zoo(models: list[str], zoo_file: str | None, data: str, split: str | None, cache: str,
+                 per_class: int | None, sample_seed: int, extra: dict, score, progress: bool):
+    """`--budget fast`: successive halving (transferkit.halving); returns (zoo, recommendation, rounds)."""
+    import time
+
+    from ..data import open_dataset
+    from ..features import extract_features
+    from ..features.extract import DecodedImages
+    from ..halving import successive_halving
+    from ..models import ModelEntry, read_zoo
+
+    entries = read_zoo(zoo_file) if zoo_file else [ModelEntry.from_spec(m) for m in models]
+    by_name = {e.name: e for e in entries}
+    ds = open_dataset(data, split, per_class=per_class, seed=sample_seed)
+    ds._decoded_images = DecodedImages()  # type: ignore[attr-defined]
+    clock = {"t0": time.perf_counter(), "done": 0}
+
+    def extract(name: str, positions):
+        fs = extract_features(by_name[name], ds, cache_dir=cache, seed=sample_seed, progress=progress,
+                              positions=positions, **extra)
+        clock["done"] += int(fs.metadata.get("computed_images", 0) or 0)
+        return ZooFeatures(name, fs.features, fs.labels, fs.probs, dict(fs.metadata))
+
+    def on_round(k: int, n: int, alive: list[str], share: float) -> None:
+        from ..halving import class_prefix_positions
+
+        spans = None if share == 1.0 else class_prefix_positions(ds.targets, share)
+        n_img = len(ds) if spans is None else sum(b - a for a, b in spans)
+        took = time.perf_counter() - clock["t0"]
+        eta = ""
+        if clock["done"]:  # seconds per extracted image so far x images this round at most
+            eta = f"; this round at most ~{took / clock['done'] * n_img * len(alive):.0f} s"
+        if progress:
+            click.echo(f"round {k} of {n}: {len(alive)} models left, {n_img} images each ({share:.0%} of each "
+                       f"class){eta}", err=True)
+
+    try:
+        return successive_halving([e.name for e in entries], extract, score, ds.targets, on_round=on_round)
+    finally:
+        del ds._decoded_images  # type: ignore[attr-defined]
+
+
 def _extracted_zoo(models: list[str], zoo_file: str | None, data: str, split: str | None, cache: str,
                    per_class: int | None, sample_seed: int, device: str, batch_size: int,
                    workers: int | None, strict: bool, chunk_size: int | None,
-                   progress: bool) -> list[ZooFeatures]:
+                   progress: bool, budget: str = "full", score=None, img_size: int | None = None):
     from ..data import CorruptImageError
     from ..features import ExtractionInterrupted, extract_zoo
 
     spec: list[str] | str = zoo_file if zoo_file else list(models)
     extra = {"chunk_size": chunk_size} if chunk_size else {}
+    if img_size:
+        extra["img_size"] = img_size
     try:
+        if budget == "fast":
+            return _halving_zoo(models, zoo_file, data, split, cache, per_class, sample_seed,
+                                dict(extra, device=device, batch_size=batch_size, num_workers=workers,
+                                     strict=strict), score, progress)
         sets = extract_zoo(spec, data, split=split, cache_dir=cache, per_class=per_class, seed=sample_seed,
                            device=device, batch_size=batch_size, num_workers=workers, strict=strict,
                            progress=progress, **extra)
@@ -206,6 +254,10 @@ def print_next_steps(demo: bool, out: Path) -> None:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Write the feature cache every N images (default 1024; also at least every 30 s of work), "
                    "so an interrupted run resumes from there.")
+@click.option("--budget", type=click.Choice(["full", "fast"]), default="full", show_default=True,
+              help="fast: successive halving with --data: every model on 1/4 of each class, the clearly worse "
+                   "dropped (consensus top half, or top 3 of any informative method, survive), then 1/2, then "
+                   "all images; features go to the cache, so a later full run computes only the rest.")
 @click.option("--strict", is_flag=True, help="Stop on the first unreadable image instead of skipping it.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @verbosity_options
@@ -214,7 +266,7 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
             data: str | None, split: str | None, per_class: int | None, sample_seed: int, cache: str,
             device: str, batch_size: int, workers: int | None, chunk_size: int | None, strict: bool,
             no_progress: bool, quiet: bool, verbose: bool, seeds_opt: str | None = None,
-            plot: bool = True) -> None:
+            plot: bool = True, budget: str = "full") -> None:
     """Rank models by transferability from FEATURES (.npz files with X, y[, P]), from features extracted
     here (--models/--zoo with --data), or of the built-in --demo zoo.
 
@@ -280,10 +332,30 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
     if gt is not None:
         _check_gt_covers(gt, names, gt_path)
 
+    if budget == "fast" and not data:
+        raise click.UsageError("--budget fast needs --models/--zoo with --data")
+    if budget == "fast" and features:
+        raise click.UsageError("--budget fast ranks extracted models only (no feature files)")
+    halving_rounds = None
     if data:
         with readable_warnings(verbose):
-            zoo += _extracted_zoo(model_list, zoo_file, data, split, cache, per_class, sample_seed, device,
-                                  batch_size, workers, strict, chunk_size, progress)
+            if budget == "fast":
+                from ..recommendation import recommend as _rec
+
+                def _score(z):
+                    return _rec(z, methods=method_list, seeds=seed_list)
+
+                zoo, _, halving_rounds = _extracted_zoo(model_list, zoo_file, data, split, cache, per_class,
+                                                        sample_seed, device, batch_size, workers, strict,
+                                                        chunk_size, progress, budget="fast", score=_score)
+                for r in halving_rounds:
+                    dropped = [m for m in r.models if m not in r.kept]
+                    note(f"round {r.index}: {len(r.models)} models on {r.n_images} images; computed "
+                         f"{sum(r.extracted.values())} image features in {r.seconds:.1f} s"
+                         + (f"; dropped {', '.join(dropped)}" if dropped else ""), quiet)
+            else:
+                zoo += _extracted_zoo(model_list, zoo_file, data, split, cache, per_class, sample_seed, device,
+                                      batch_size, workers, strict, chunk_size, progress)
         for z in zoo[len(sources):]:
             sources[z.name] = z.name
 
@@ -348,6 +420,11 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
         payload["ground_truth"] = gt
         payload["metrics"] = metric_rows
     write_json(out / "scores.json", payload)
+    if halving_rounds is not None:
+        payload["halving"] = [{"round": r.index, "share": r.share, "images": r.n_images, "models": r.models,
+                               "kept": r.kept, "computed_images": r.extracted, "seconds": round(r.seconds, 2)}
+                              for r in halving_rounds]
+        write_json(out / "scores.json", payload)
     if plot:
         plot_recommendation(rec, out / "rank.png")
     click.echo(f"\nwrote {out / 'scores.csv'} and {out / 'scores.json'}"

@@ -159,6 +159,30 @@ class CacheEntry:
         for p in self.path.glob("rows-*.npz"):
             p.unlink(missing_ok=True)
 
+    def read_rows(self, positions: list[tuple[int, int]] | Any, class_names: list[str]) -> FeatureSet:
+        """The rows of the positions in ``positions`` (sorted ``[lo, hi)`` ranges) from the chunks on disk
+        (a partial entry: successive halving reads the images of its rounds before the entry is complete)."""
+        n = max((hi for _, hi in positions), default=0)
+        pieces, gaps = self.cover(n)
+        parts = []
+        for lo, hi, a, b in pieces:
+            for c, d in positions:
+                x, y = max(a, c), min(b, d)
+                if x < y:
+                    parts.append(_slice_chunk(self.read_chunk(lo, hi), x, y))
+        for a, b in gaps:
+            if any(max(a, c) < min(b, d) for c, d in positions):
+                raise FileNotFoundError(f"{self.path}: positions [{a}, {b}) have no chunk")
+        feats = [p["features"] for p in parts if len(p["features"])]
+        X = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
+        y = np.concatenate([p["labels"] for p in parts]) if parts else np.zeros(0, np.int64)
+        idx = np.concatenate([p["indices"] for p in parts]) if parts else np.zeros(0, np.int64)
+        probs = None
+        if parts and all("probs" in p for p in parts):
+            ps = [p["probs"] for p in parts if len(p["probs"])]
+            probs = np.concatenate(ps) if ps else None
+        return FeatureSet(X, y, probs, class_names, {"n": int(len(y))}, idx)
+
     def finalize(self, n_items: int, class_names: list[str], metadata: dict[str, Any]) -> FeatureSet:
         """Merge the chunks in position order into ``features.npz`` (atomically), then delete the chunks."""
         pieces, gaps = self.cover(n_items)

@@ -336,6 +336,7 @@ def extract_features(
     distributed: bool | str = "auto",
     progress: bool = True,
     name: str | None = None,
+    positions: Sequence[tuple[int, int]] | None = None,
     **preprocess: Any,
 ) -> FeatureSet:
     """Extract the pooled penultimate features (or ``layer``) of one model on one dataset split.
@@ -355,6 +356,10 @@ def extract_features(
     kept; the next call with the same inputs computes only the missing images, whatever its chunk size.
     ``metadata`` then reports ``chunks_from_cache`` of ``total_chunks``. A full or read-only disk raises
     :class:`~transferkit.reporting.OutputWriteError` naming the file, with the finished chunks kept.
+
+    ``positions``: only these ``[lo, hi)`` ranges of dataset positions (successive halving, issue 16). They
+    are computed into the same cache entry as the whole dataset, so a later full call computes only the
+    rest; the FeatureSet returned holds the rows of those positions, in position order.
     """
     entry = ModelEntry.from_spec(model, name) if isinstance(model, (str, ModelEntry)) else None
     opts: dict[str, Any] = dict(entry.options) if entry is not None else {}
@@ -390,12 +395,12 @@ def extract_features(
             fs = _run(prep, ds, FeatureCache(tmp).entry(key), ctx, dev, prec, doc, metadata, layer=layer,
                       batch_size=batch_size, num_workers=num_workers, probs=probs, drop_background=drop_background,
                       strict=strict, chunk_size=chunk_size, chunk_seconds=chunk_seconds, channels_last=channels_last,
-                      progress=progress, display=display, persistent=False)
+                      progress=progress, display=display, persistent=False, positions=positions)
     else:
         fs = _run(prep, ds, cache.entry(key), ctx, dev, prec, doc, metadata, layer=layer, batch_size=batch_size,
                   num_workers=num_workers, probs=probs, drop_background=drop_background, strict=strict,
                   chunk_size=chunk_size, chunk_seconds=chunk_seconds, channels_last=channels_last, progress=progress,
-                  display=display, persistent=True)
+                  display=display, persistent=True, positions=positions)
     fs.metadata["model"]["name"] = display
     _report_skipped(fs, strict)
     return fs
@@ -437,7 +442,7 @@ def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext,
          doc: dict[str, Any], metadata: dict[str, Any], *, layer: str | None, batch_size: int,
          num_workers: int | None, probs: bool, drop_background: bool, strict: bool, chunk_size: int,
          chunk_seconds: float | None, channels_last: bool | None, progress: bool, display: str,
-         persistent: bool) -> FeatureSet:
+         persistent: bool, positions: Sequence[Span] | None = None) -> FeatureSet:
     t0 = time.perf_counter()
     n = len(ds)
     if n == 0:
@@ -445,13 +450,16 @@ def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext,
     # 1. is it done already? (rank 0 decides; in a group everyone follows)
     complete = ctx.broadcast(entry.is_complete() if ctx.is_main else None)
     if complete:
-        return _share_result(ctx, entry, entry.load() if ctx.is_main else None, cache_hit=True)
+        fs = _share_result(ctx, entry, entry.load() if ctx.is_main else None, cache_hit=True)
+        return fs if positions is None else _rows_at(fs, positions)
     # 2. which positions are missing, cut into units of whole batches
     bs = min(batch_size, chunk_size)
     plan = None
     if ctx.is_main:
         entry.open(n, doc)
         pieces, gaps = entry.cover(n)
+        if positions is not None:
+            gaps = _intersect(gaps, positions)
         plan = (len(pieces), _work_units(gaps, bs, chunk_size))
     from_cache, units = ctx.broadcast(plan)
     if not ctx.is_main:
@@ -488,6 +496,13 @@ def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext,
             got = ctx.gather(entry.read_chunk(*span) if ctx.rank == owner else None)
             if ctx.is_main:
                 entry.write_chunk(*span, **got[owner])
+    if positions is not None:  # part of the dataset: read those rows back, leave the entry open
+        if ctx.active:
+            raise ValueError("positions= is not supported under torchrun")
+        part = entry.read_rows(positions, ds.classes)
+        part.metadata.update(metadata, device=str(dev), computed_images=sum(u[-1][1] - u[0][0] for u in units),
+                             positions=[list(p) for p in positions], cache_hit=not units)
+        return part
     fs = None
     if ctx.is_main:
         computed = sum(len(w) for w in everyone) if ctx.active else len(written)
@@ -501,6 +516,27 @@ def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext,
             raise exc.with_detail(f"all {n} images of {display} are computed and kept as chunks in {entry.path}; "
                                   "free some space and run again to finish" if persistent else "") from None
     return _share_result(ctx, entry, fs, cache_hit=False)
+
+
+def _intersect(gaps: Sequence[Span], wanted: Sequence[Span]) -> list[Span]:
+    """The parts of ``gaps`` inside ``wanted`` (both sorted, non-overlapping ``[lo, hi)`` lists)."""
+    out = []
+    for a, b in gaps:
+        for c, d in wanted:
+            lo, hi = max(a, c), min(b, d)
+            if lo < hi:
+                out.append((lo, hi))
+    return sorted(out)
+
+
+def _rows_at(fs: FeatureSet, positions: Sequence[Span]) -> FeatureSet:
+    """The rows of a finished FeatureSet whose dataset positions lie in ``positions``."""
+    idx = fs.indices if fs.indices is not None else np.arange(len(fs.labels))
+    keep = np.zeros(len(idx), bool)
+    for lo, hi in positions:
+        keep |= (idx >= lo) & (idx < hi)
+    return FeatureSet(fs.features[keep], fs.labels[keep], fs.probs[keep] if fs.probs is not None else None,
+                      fs.class_names, dict(fs.metadata, positions=[list(p) for p in positions]), idx[keep])
 
 
 def _share_result(ctx: DistContext, entry: CacheEntry, fs: FeatureSet | None, cache_hit: bool) -> FeatureSet:
