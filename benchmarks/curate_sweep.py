@@ -112,7 +112,8 @@ def curate_sets(args, seed: int, gallery: list[str], out: Path) -> dict[tuple[st
                 man.parent.mkdir(parents=True, exist_ok=True)
                 cfg = CurateConfig(queries=str(EUROSAT), gallery=gallery, budget=size * S, model=args.model,
                                    out=str(man), strategy=strategy, query_split="train", query_per_class=args.shots,
-                                   test="auto", scales=tuple(float(s) for s in args.scales.split(",")),
+                                   test="auto", test_per_class=args.test_per_class,
+                                   scales=tuple(float(s) for s in args.scales.split(",")),
                                    batch_size=args.batch_size, cache_dir=str(out / "cache"), seed=seed,
                                    progress=not args.quiet, index={"kind": args.index, "threads": 1})
                 t0 = time.perf_counter()
@@ -161,6 +162,8 @@ def distill_one(args, seed: int, strategy: str, size: int, manifest: Path, out: 
                "--transfer", str(manifest), "--method", "task_oriented", "--out", str(run),
                "--set", f"seed={seed}", "--set", f"distill.steps={args.steps}", "--no-export-onnx",
                "--set", f"cache_dir={out / 'distill_cache'}"] + list(args.distill_args)
+        if args.test_per_class:
+            cmd += ["--set", f"test_per_class={args.test_per_class}"]
         t0 = time.perf_counter()
         with open(run / "log.txt", "a") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
@@ -230,9 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill-config", default=str(REPO / "benchmarks" / "curate_distill.yaml"))
     ap.add_argument("--per-class-cap", type=int, default=None, help="gallery images per class per source (smoke)")
     ap.add_argument("--per-shard", type=int, default=1000)
+    ap.add_argument("--test-per-class", type=int, default=None,
+                    help="leakage guard and evaluation on this many test images per class (default: all 1,000)")
     ap.add_argument("--no-distill", action="store_true", help="stop after the transfer sets")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 seed, 20 images/class/source, sizes 20,40, 2 shots, 20 steps, 20 test/class")
+                    help="smoke run: 1 seed, 20 images/class/source, sizes 20,40, 2 shots, 20 steps, 20 test images/class")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch intra-op threads of the embedding (1 on a shared CPU: more is many times slower)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--distill-args", nargs=argparse.REMAINDER, default=[])
     a = ap.parse_args(argv)
@@ -241,10 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if a.quick:
         a.seeds, a.sizes, a.shots, a.per_class_cap, a.steps, a.per_shard = [0], [20, 40], 2, 20, 20, 200
-        a.distill_args = ["--set", "test_per_class=20", "--set", "finetune.epochs=1", "--set", "views=1",
+        a.test_per_class = 20
+        a.distill_args = ["--set", "finetune.epochs=1", "--set", "views=1",
                           "--set", "probe_folds=2"] + list(a.distill_args)
         if a.out_dir == str(REPO / "benchmarks" / "results" / "curate_sweep"):
             a.out_dir += "_quick"
+    import torch
+
+    torch.set_num_threads(a.torch_threads)
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
