@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="leakage guard and evaluation on this many test images per class (default: all 1,000)")
     ap.add_argument("--no-distill", action="store_true", help="stop after the transfer sets")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 seed, 20 images/class/source, sizes 20,40, 2 shots, 20 steps, 20 test images/class")
+                    help="smoke run: 1 seed, 20 images/class/source, sizes 20,40, 2 shots, 20 steps, "
+                         "20 test images/class")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch intra-op threads of the embedding (1 on a shared CPU: more is many times slower)")
     ap.add_argument("--quiet", action="store_true")

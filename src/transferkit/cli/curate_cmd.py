@@ -29,7 +29,8 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--queries", help="Labeled target dataset used as queries (folder, zip, csv, npz, idx).")
 @click.option("--gallery", multiple=True,
               help="Gallery (pool) dataset; repeat or comma-separate for several. Also WebDataset tar shards "
-                   "('pool/{00000..00099}.tar') and precomputed-embedding folders (img_emb/*.npy + metadata/*.parquet).")
+                   "('pool/{00000..00099}.tar') and precomputed-embedding folders "
+                   "(img_emb/*.npy + metadata/*.parquet).")
 @click.option("--budget", type=int, help="Transfer-set size (number of crops).")
 @click.option("--model", "-m", help="Embedding model: any spec `transferkit extract` accepts.")
 @click.option("--out", "-o", default="transfer_set.csv", show_default=True, help="Manifest to write.")
