@@ -9,7 +9,8 @@
 Modules: :mod:`.crops` (crop grids), :mod:`.embed` (memory-mapped, resumable embedding stores),
 :mod:`.index` (exact / IVF / IVF-PQ search and recall@k), :mod:`.select` (query-balanced selection,
 near-duplicate removal, the leakage guard), :mod:`.manifest` (the transfer-set CSV and its dataset),
-:mod:`.pipeline` (one config, one run).
+:mod:`.pipeline` (one config, one run), :mod:`.shards` (WebDataset tar shards and precomputed-embedding
+folders as galleries).
 """
 
 from .crops import CropDataset, CropGrid
@@ -28,6 +29,7 @@ from .manifest import (
 )
 from .pipeline import CurateConfig, CurationResult, GallerySource, curate
 from .select import select_balanced, select_random
+from .shards import TarShardDataset, expand_shards, open_precomputed, write_shards
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -42,15 +44,19 @@ __all__ = [
     "IndexConfig",
     "ManifestDataset",
     "ManifestRow",
+    "TarShardDataset",
     "TransferManifest",
     "build_index",
     "curate",
     "embed_dataset",
+    "expand_shards",
     "is_transfer_manifest",
     "item_ref",
+    "open_precomputed",
     "read_manifest",
     "recall_at_k",
     "select_balanced",
     "select_random",
     "write_manifest",
+    "write_shards",
 ]
