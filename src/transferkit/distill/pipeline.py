@@ -164,6 +164,35 @@ class _Run:
     digest: str
 
 
+def _start_run(cfg: DistillConfig) -> _Run | dict[str, Any]:
+    """What every run (classification or segmentation) sets up first: threads, process group, device,
+    precision, the output folder and the loop settings; or, when a run of the same config has finished in
+    the output folder, its results (nothing is left to do)."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    ctx = dist_context("auto")
+    dev = select_device(cfg.device, ctx.local_rank)
+    prec = resolve_precision(cfg.precision, dev)
+    out = Path(cfg.out_dir)
+    digest = cfg.digest()
+    if ctx.is_main:
+        _prepare_out(out, cfg, digest)
+    ctx.barrier()
+    rpath = out / "results.json"
+    if rpath.exists():
+        prev = json.loads(rpath.read_text())
+        if prev.get("config_digest") == digest:
+            return prev
+    workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(dev, False)
+    recipe = AugRecipe(tuple(cfg.aug_scale), tuple(cfg.aug_ratio), cfg.aug_hflip, cfg.aug_vflip)
+    settings = LoopSettings(device=dev, precision=prec, grad_accum=cfg.grad_accum, num_workers=workers,
+                            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                            log_formats=tuple(cfg.log_formats), tensorboard=cfg.tensorboard, resume=cfg.resume,
+                            progress=cfg.progress, seed=cfg.seed)
+    run = _Run(cfg, ctx, dev, prec, out, settings, recipe, workers, digest)
+    return run
+
+
 def _stage(run: _Run, name: str, module: nn.Module, vds: ViewDataset, plan: StepPlan, policy: Any,
            steps: int, stage_cfg: Any) -> TrainResult:
     """Train ``module`` as stage ``name`` unless a finished result exists (then load its weights)."""
@@ -348,29 +377,13 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
         from .segpipeline import run_seg_distill
 
         return run_seg_distill(cfg)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    ctx = dist_context("auto")
-    dev = select_device(cfg.device, ctx.local_rank)
-    prec = resolve_precision(cfg.precision, dev)
-    out = Path(cfg.out_dir)
-    digest = cfg.digest()
-    if ctx.is_main:
-        _prepare_out(out, cfg, digest)
-    ctx.barrier()
-    rpath = out / "results.json"
-    if rpath.exists():
-        prev = json.loads(rpath.read_text())
-        if prev.get("config_digest") == digest:
-            return prev
+    run = _start_run(cfg)
+    if isinstance(run, dict):  # finished before
+        return run
     t_start = time.perf_counter()
-    workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(dev, False)
-    recipe = AugRecipe(tuple(cfg.aug_scale), tuple(cfg.aug_ratio), cfg.aug_hflip, cfg.aug_vflip)
-    settings = LoopSettings(device=dev, precision=prec, grad_accum=cfg.grad_accum, num_workers=workers,
-                            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                            log_formats=tuple(cfg.log_formats), tensorboard=cfg.tensorboard, resume=cfg.resume,
-                            progress=cfg.progress, seed=cfg.seed)
-    run = _Run(cfg, ctx, dev, prec, out, settings, recipe, workers, digest)
+    ctx, dev, prec, out, digest = run.ctx, run.dev, run.prec, run.out, run.digest
+    recipe, workers = run.recipe, run.workers
+    rpath = out / "results.json"
 
     # -- data -----------------------------------------------------------------------------------------
     labeled, test = _open_labeled(cfg)

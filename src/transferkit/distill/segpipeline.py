@@ -35,19 +35,17 @@ from torch import nn
 
 from ..data import CorruptImageError, ImageDataset, open_dataset
 from ..data.segmentation import MaskError, SegmentationDataset, open_segmentation, render_mask
-from ..features.distributed import dist_context
-from ..features.extract import default_num_workers, resolve_precision, select_device
 from ..models import state_dict_digest
 from ..reporting import write_json
 from .config import DistillConfig
 from .data import StepPlan, ViewDataset, cached_view_policy, fresh_view_policy, make_loader
 from .models import build_model, recalibrate_folded_batchnorm
-from .pipeline import _all_views, _calibration_batches, _prepare_out, _Run, _same_source, _stage, _versions
+from .pipeline import _all_views, _calibration_batches, _Run, _same_source, _stage, _start_run, _versions
 from .segmetrics import confusion_matrix, segmentation_scores
 from .segmodels import (DenseFeatureDistillModule, SegFinetuneModule, SegKDModule, SegModel, _Backbone,
                         build_seg_model, seg_param_counts)
 from .targets import CacheStats, TeacherFeatureStore, teacher_key
-from .trainer import LoopSettings, atomic_torch_save, autocast, seed_everything
+from .trainer import atomic_torch_save, autocast, seed_everything
 from .views import AugRecipe, ViewRenderer, make_view
 
 __all__ = ["SegViewDataset", "evaluate_segmentation", "load_seg_model", "open_seg_data", "open_seg_transfer",
@@ -322,29 +320,13 @@ def _adapt_teacher(run: _Run, labeled: SegmentationDataset, test: SegmentationDa
 def run_seg_distill(cfg: DistillConfig) -> dict[str, Any]:
     """One segmentation run (``task: segmentation``); returns the results dict (also ``results.json``)."""
     cfg = DistillConfig.from_dict(cfg.to_dict()).validate()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    ctx = dist_context("auto")
-    dev = select_device(cfg.device, ctx.local_rank)
-    prec = resolve_precision(cfg.precision, dev)
-    out = Path(cfg.out_dir)
-    digest = cfg.digest()
-    if ctx.is_main:
-        _prepare_out(out, cfg, digest)
-    ctx.barrier()
-    rpath = out / "results.json"
-    if rpath.exists():
-        prev = json.loads(rpath.read_text())
-        if prev.get("config_digest") == digest:
-            return prev
+    run = _start_run(cfg)
+    if isinstance(run, dict):  # finished before
+        return run
     t_start = time.perf_counter()
-    workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(dev, False)
-    recipe = AugRecipe(tuple(cfg.aug_scale), tuple(cfg.aug_ratio), cfg.aug_hflip, cfg.aug_vflip)
-    settings = LoopSettings(device=dev, precision=prec, grad_accum=cfg.grad_accum, num_workers=workers,
-                            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                            log_formats=tuple(cfg.log_formats), tensorboard=cfg.tensorboard, resume=cfg.resume,
-                            progress=cfg.progress, seed=cfg.seed)
-    run = _Run(cfg, ctx, dev, prec, out, settings, recipe, workers, digest)
+    ctx, dev, prec, out, digest = run.ctx, run.dev, run.prec, run.out, run.digest
+    recipe, workers = run.recipe, run.workers
+    rpath = out / "results.json"
     size = (int(cfg.seg_size[0]), int(cfg.seg_size[1]))
     k = int(cfg.num_classes)
 
