@@ -29,6 +29,17 @@ def test_rank_demo_starts_with_the_recommendation(tmp_path):
     assert "numpy" in prov["versions"] and prov["estimator_seeds"]["logme"] == [0]
 
 
+def test_the_consensus_is_one_row_whatever_the_method_list(tmp_path):
+    """The consensus estimator is not run as a method by rank (the recommendation computes it): one row."""
+    res = _run("--demo", "--methods", "consensus,logme", "--no-progress", "--no-plot", "--out", str(tmp_path / "a"))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv")))
+    assert [r["method"] for r in rows].count("consensus") == 1 and "logme" in [r["method"] for r in rows]
+    res = _run("--demo", "--methods", "consensus", "--no-progress", "--no-plot", "--out", str(tmp_path / "b"))
+    assert res.returncode == 0, res.stderr  # asking for the consensus alone runs its ingredients
+    assert [r["method"] for r in csv.DictReader(open(tmp_path / "b" / "metrics.csv"))].count("consensus") == 1
+
+
 def test_rank_feature_files_with_seeds_ties_and_verbose(tmp_path):
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)

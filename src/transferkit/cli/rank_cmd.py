@@ -30,10 +30,13 @@ Examples:
 
 
 def _split_methods(value: str) -> list[str]:
+    """Estimator names from --methods. The consensus is not run as a method here: the recommendation always
+    computes it (asking for it alone runs its ingredients)."""
+    from ..consensus import CONSENSUS_METHODS
     from ..estimators import list_estimators
 
     if value.strip().lower() == "all":
-        return list_estimators()
+        return [m for m in list_estimators() if m != "consensus"]
     methods = split_list(value)
     known = set(list_estimators())
     unknown = [m for m in methods if m.lower().replace("-", "_") not in known]
@@ -42,7 +45,7 @@ def _split_methods(value: str) -> list[str]:
                                  param_hint="--methods")
     if not methods:
         raise click.BadParameter("no method given", param_hint="--methods")
-    return methods
+    return [m for m in methods if m.lower() != "consensus"] or list(CONSENSUS_METHODS)
 
 
 def _looks_like_methods(values: list[str]) -> bool:
@@ -422,7 +425,7 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
     write_json(out / "scores.json", payload)
     if halving_rounds is not None:
         payload["halving"] = [{"round": r.index, "share": r.share, "images": r.n_images, "models": r.models,
-                               "kept": r.kept, "computed_images": r.extracted, "seconds": round(r.seconds, 2)}
+                               "kept": r.kept, "order": r.order, "computed_images": r.extracted, "seconds": round(r.seconds, 2)}
                               for r in halving_rounds]
         write_json(out / "scores.json", payload)
     if plot:
