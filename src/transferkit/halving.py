@@ -42,6 +42,7 @@ class HalvingRound:
     kept: list[str]
     extracted: dict[str, int] = field(default_factory=dict)  # images computed (not from the cache) per model
     seconds: float = 0.0
+    order: list[str] = field(default_factory=list)  # the round's consensus order (dropped models rank by it)
 
 
 def class_prefix_positions(targets: np.ndarray, share: float, min_per_class: int = MIN_PER_CLASS) -> list[tuple[int, int]]:
@@ -99,7 +100,7 @@ def successive_halving(models: Sequence[str], extract: Callable[[str, list[tuple
         kept = alive if last else survivors(rec)
         rounds.append(HalvingRound(k + 1, share, len(zoo[0].y) if zoo else 0, list(alive), list(kept),
                                    {z.name: int(z.metadata.get("computed_images", 0)) for z in zoo},
-                                   time.perf_counter() - t0))
+                                   time.perf_counter() - t0, [r.model for r in rec.ranking]))
         if last and share != 1.0:  # two models left: go straight to all images
             positions = None
             zoo = [extract(m, None) for m in alive]
