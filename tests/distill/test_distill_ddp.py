@@ -77,7 +77,10 @@ def _worker(rank: int, world: int, port: int, data: str, tmp: str, cfg_dict: dic
         (tmpp / f"run_rank{rank}.json").write_text(json.dumps({"sha": r["student_sha256"],
                                                                "acc": r.get("student_accuracy")}))
     finally:
-        dist.destroy_process_group()
+        try:  # both ranks done before the group goes away (gloo aborts a rank whose peer left mid-exchange)
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def _free_port() -> int:
