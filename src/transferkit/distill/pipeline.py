@@ -76,7 +76,14 @@ def open_transfer(cfg: DistillConfig, labeled: ImageDataset | None = None) -> tu
         split = cfg.transfer_split or (cfg.train_split if same else None)
         ds = open_dataset(spec, split)
         kind = "dataset"
-    info: dict[str, Any] = {"spec": str(spec), "kind": kind, "n_source": len(ds)}
+    return _select_transfer(cfg, ds, labeled, {"spec": str(spec), "kind": kind, "n_source": len(ds)})
+
+
+def _select_transfer(cfg: DistillConfig, ds: ImageDataset, labeled: ImageDataset | None,
+                     info: dict[str, Any]) -> tuple[ImageDataset, dict[str, Any]]:
+    """Drop images identical to labeled ones (``transfer_exclude_labeled``), then keep at most
+    ``transfer_max_items`` (seeded by ``transfer_seed``); ``info`` gains what was done."""
+    spec = info["spec"]
     keep = np.arange(len(ds))
     if cfg.transfer_exclude_labeled and labeled is not None:
         lab = set(labeled.item_digests())

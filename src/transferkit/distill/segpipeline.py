@@ -40,7 +40,8 @@ from ..reporting import write_json
 from .config import DistillConfig
 from .data import StepPlan, ViewDataset, cached_view_policy, fresh_view_policy, make_loader
 from .models import build_model, recalibrate_folded_batchnorm
-from .pipeline import _all_views, _calibration_batches, _Run, _same_source, _stage, _start_run, _versions
+from .pipeline import (_all_views, _calibration_batches, _Run, _same_source, _select_transfer, _stage,
+                       _start_run, _versions)
 from .segmetrics import confusion_matrix, segmentation_scores
 from .segmodels import (DenseFeatureDistillModule, SegFinetuneModule, SegKDModule, SegModel, _Backbone,
                         build_seg_model, seg_param_counts)
@@ -124,22 +125,8 @@ def open_seg_transfer(cfg: DistillConfig, labeled: ImageDataset | None = None) -
     else:
         ds = open_dataset(spec, cfg.transfer_split)
         kind = "dataset"
-    info: dict[str, Any] = {"spec": str(spec), "kind": kind, "split": ds.split, "n_source": len(ds)}
-    keep = np.arange(len(ds))
-    if cfg.transfer_exclude_labeled and labeled is not None:
-        lab = set(labeled.item_digests())
-        digests = ds.item_digests()
-        keep = np.array([i for i in keep.tolist() if digests[i] not in lab], dtype=np.int64)
-        info["excluded_labeled"] = int(len(ds) - len(keep))
-    if cfg.transfer_max_items is not None and len(keep) > cfg.transfer_max_items:
-        rng = np.random.default_rng([int(cfg.transfer_seed), 4099])
-        keep = np.sort(rng.choice(keep, size=cfg.transfer_max_items, replace=False))
-    if len(keep) != len(ds):
-        ds = ds.subset(keep, note=f"transfer set ({len(keep)} of {len(ds)})")
-    if len(ds) == 0:
-        raise ValueError(f"the transfer set {spec} is empty (after excluding labeled images)")
-    info["n"] = len(ds)
-    return ds, info
+    return _select_transfer(cfg, ds, labeled, {"spec": str(spec), "kind": kind, "split": ds.split,
+                                               "n_source": len(ds)})
 
 
 # ------------------------------------------------------------------------------------------------
