@@ -200,6 +200,20 @@ def _start_run(cfg: DistillConfig) -> _Run | dict[str, Any]:
     return run
 
 
+def _finish_run(run: _Run, report: dict[str, Any], cost: dict[str, Any], t_start: float) -> dict[str, Any]:
+    """Add costs, digest and versions to a run's report and write ``results.json`` (main process)."""
+    # stage seconds accumulate over resumed processes; this process alone may have run only the last stages
+    this_process = round(time.perf_counter() - t_start, 3)
+    stages = sum(float(cost["seconds"].get(k) or 0.0) for k in ("adapt", "teacher_transfer", "distill", "finetune", "eval"))
+    cost["seconds"]["this_process"] = this_process
+    cost["seconds"]["total"] = round(max(this_process, stages), 3)
+    report.update(cost=cost, config_digest=run.digest, versions=_versions())
+    if run.ctx.is_main:
+        write_json(run.out / "results.json", report)
+    run.ctx.barrier()
+    return report
+
+
 def _stage(run: _Run, name: str, module: nn.Module, vds: ViewDataset, plan: StepPlan, policy: Any,
            steps: int, stage_cfg: Any) -> TrainResult:
     """Train ``module`` as stage ``name`` unless a finished result exists (then load its weights)."""
@@ -388,9 +402,8 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     if isinstance(run, dict):  # finished before
         return run
     t_start = time.perf_counter()
-    ctx, dev, prec, out, digest = run.ctx, run.dev, run.prec, run.out, run.digest
+    ctx, dev, prec, out = run.ctx, run.dev, run.prec, run.out
     recipe, workers = run.recipe, run.workers
-    rpath = out / "results.json"
 
     # -- data -----------------------------------------------------------------------------------------
     labeled, test = _open_labeled(cfg)
@@ -500,18 +513,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
             report["onnx"] = _export(out, student, s_dc, test or labeled, s_render)
     if report.get("teacher_adapted"):
         report["teacher_accuracy"] = report["teacher_adapted"].get("test_accuracy")
-    # stage seconds accumulate over resumed processes; this process alone may have run only the last stages
-    this_process = round(time.perf_counter() - t_start, 3)
-    stages = sum(float(cost["seconds"].get(k) or 0.0) for k in ("adapt", "teacher_transfer", "distill", "finetune", "eval"))
-    cost["seconds"]["this_process"] = this_process
-    cost["seconds"]["total"] = round(max(this_process, stages), 3)
-    report["cost"] = cost
-    report["config_digest"] = digest
-    report["versions"] = _versions()
-    if ctx.is_main:
-        write_json(rpath, report)
-    ctx.barrier()
-    return report
+    return _finish_run(run, report, cost, t_start)
 
 
 def _save_student(out: Path, student: nn.Module, cfg: DistillConfig, classes: list[str],

@@ -40,8 +40,8 @@ from ..reporting import write_json
 from .config import DistillConfig
 from .data import StepPlan, ViewDataset, cached_view_policy, fresh_view_policy, make_loader
 from .models import build_model, recalibrate_folded_batchnorm
-from .pipeline import (_all_views, _calibration_batches, _Run, _same_source, _select_transfer, _stage,
-                       _start_run, _versions)
+from .pipeline import (_all_views, _calibration_batches, _finish_run, _Run, _same_source, _select_transfer, _stage,
+                       _start_run)
 from .segmetrics import confusion_matrix, segmentation_scores
 from .segmodels import (DenseFeatureDistillModule, SegFinetuneModule, SegKDModule, SegModel, _Backbone,
                         build_seg_model, seg_param_counts)
@@ -311,9 +311,8 @@ def run_seg_distill(cfg: DistillConfig) -> dict[str, Any]:
     if isinstance(run, dict):  # finished before
         return run
     t_start = time.perf_counter()
-    ctx, dev, prec, out, digest = run.ctx, run.dev, run.prec, run.out, run.digest
+    ctx, dev, prec, out = run.ctx, run.dev, run.prec, run.out
     recipe, workers = run.recipe, run.workers
-    rpath = out / "results.json"
     size = (int(cfg.seg_size[0]), int(cfg.seg_size[1]))
     k = int(cfg.num_classes)
 
@@ -425,17 +424,7 @@ def run_seg_distill(cfg: DistillConfig) -> dict[str, Any]:
     if report.get("teacher_adapted"):
         report["teacher_miou"] = report["teacher_adapted"].get("test_miou")
         report["teacher_accuracy"] = report["teacher_adapted"].get("test_pixel_accuracy")
-    this_process = round(time.perf_counter() - t_start, 3)
-    stages = sum(float(cost["seconds"].get(s) or 0.0) for s in ("adapt", "teacher_transfer", "distill", "finetune", "eval"))
-    cost["seconds"]["this_process"] = this_process
-    cost["seconds"]["total"] = round(max(this_process, stages), 3)
-    report["cost"] = cost
-    report["config_digest"] = digest
-    report["versions"] = _versions()
-    if ctx.is_main:
-        write_json(rpath, report)
-    ctx.barrier()
-    return report
+    return _finish_run(run, report, cost, t_start)
 
 
 def _export(out: Path, student: SegModel, size: tuple[int, int], ds: ImageDataset, renderer: ViewRenderer,
