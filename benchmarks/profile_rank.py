@@ -69,12 +69,14 @@ def end_to_end(data: Path, cache: Path, extra: list[str]) -> dict:
     if proc.returncode != 0:
         sys.exit(f"rank failed ({proc.returncode}): {proc.stderr[-2000:]}")
     top = next((ln for ln in proc.stdout.splitlines() if ln.strip()), "")
+    methods = json.loads((cache / "out" / "scores.json").read_text()).get("methods", {})
+    scoring = {m: round(float(v.get("seconds") or 0.0), 2) for m, v in methods.items()}
     return {"command": " ".join(shlex.quote(c) for c in cmd), "wall_s": round(wall, 1),
             "user_s": round(after.ru_utime - before.ru_utime, 1), "sys_s": round(after.ru_stime - before.ru_stime, 1),
             "peak_rss_mb": round(after.ru_maxrss / 1024, 0), "minor_faults": after.ru_minflt - before.ru_minflt,
             "major_faults": after.ru_majflt - before.ru_majflt, "load_before": [round(x, 2) for x in load0],
             "load_after": [round(x, 2) for x in os.getloadavg()], "cores": os.cpu_count(), "first_line": top,
-            "stdout_tail": proc.stdout[-1500:]}
+            "scoring_s": scoring, "stdout_tail": proc.stdout[-1500:]}
 
 
 def breakdown(data: Path, batch_size: int = 64) -> list[dict]:
@@ -135,6 +137,7 @@ def main() -> None:
               f"peak RSS {e2e['peak_rss_mb']:.0f} MB | minor faults {e2e['minor_faults']:,} | "
               f"major faults {e2e['major_faults']} | load avg before {e2e['load_before']} after {e2e['load_after']} "
               f"on {e2e['cores']} cores")
+        print(f"of which scoring: {sum(e2e['scoring_s'].values()):.1f} s ({', '.join(f'{m} {s}' for m, s in e2e['scoring_s'].items())})")
         rows = [] if args.skip_breakdown else breakdown(root)
         if rows:
             print("\nper model (in-process, one pass per stage, seconds):")

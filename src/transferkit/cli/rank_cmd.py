@@ -152,8 +152,8 @@ def _extracted_zoo(models: list[str], zoo_file: str | None, data: str, split: st
 
     spec: list[str] | str = zoo_file if zoo_file else list(models)
     extra = {"chunk_size": chunk_size} if chunk_size else {}
-    if img_size:
-        extra["img_size"] = img_size
+    if img_size:  # a cap: models whose own input is smaller keep theirs
+        extra["max_img_size"] = img_size
     try:
         if budget == "fast":
             return _halving_zoo(models, zoo_file, data, split, cache, per_class, sample_seed,
@@ -261,6 +261,10 @@ def print_next_steps(demo: bool, out: Path) -> None:
               help="fast: successive halving with --data: every model on 1/4 of each class, the clearly worse "
                    "dropped (consensus top half, or top 3 of any informative method, survive), then 1/2, then "
                    "all images; features go to the cache, so a later full run computes only the rest.")
+@click.option("--img-size", type=click.IntRange(min=8), default=None, metavar="PX",
+              help="Cap the input resolution at PX: models whose own input is larger run at PX (their own crop "
+                   "and normalisation), smaller ones keep theirs. Default: every model's own resolution, as "
+                   "fine-tuning uses; a cap is faster and may change the ranking (measured in docs/features.md).")
 @click.option("--strict", is_flag=True, help="Stop on the first unreadable image instead of skipping it.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @verbosity_options
@@ -269,7 +273,7 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
             data: str | None, split: str | None, per_class: int | None, sample_seed: int, cache: str,
             device: str, batch_size: int, workers: int | None, chunk_size: int | None, strict: bool,
             no_progress: bool, quiet: bool, verbose: bool, seeds_opt: str | None = None,
-            plot: bool = True, budget: str = "full") -> None:
+            plot: bool = True, budget: str = "full", img_size: int | None = None) -> None:
     """Rank models by transferability from FEATURES (.npz files with X, y[, P]), from features extracted
     here (--models/--zoo with --data), or of the built-in --demo zoo.
 
@@ -335,6 +339,8 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
     if gt is not None:
         _check_gt_covers(gt, names, gt_path)
 
+    if img_size and not data:
+        raise click.UsageError("--img-size applies to features extracted here (--models/--zoo with --data)")
     if budget == "fast" and not data:
         raise click.UsageError("--budget fast needs --models/--zoo with --data")
     if budget == "fast" and features:
@@ -350,7 +356,8 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
 
                 zoo, _, halving_rounds = _extracted_zoo(model_list, zoo_file, data, split, cache, per_class,
                                                         sample_seed, device, batch_size, workers, strict,
-                                                        chunk_size, progress, budget="fast", score=_score)
+                                                        chunk_size, progress, budget="fast", score=_score,
+                                                        img_size=img_size)
                 for r in halving_rounds:
                     dropped = [m for m in r.models if m not in r.kept]
                     note(f"round {r.index}: {len(r.models)} models on {r.n_images} images; computed "
@@ -358,7 +365,7 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
                          + (f"; dropped {', '.join(dropped)}" if dropped else ""), quiet)
             else:
                 zoo += _extracted_zoo(model_list, zoo_file, data, split, cache, per_class, sample_seed, device,
-                                      batch_size, workers, strict, chunk_size, progress)
+                                      batch_size, workers, strict, chunk_size, progress, img_size=img_size)
         for z in zoo[len(sources):]:
             sources[z.name] = z.name
 

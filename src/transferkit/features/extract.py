@@ -286,8 +286,24 @@ class _Prepared:
                 self.identity = {"kind": rm.kind, "arch": rm.arch, "state_dict_sha256": state_dict_digest(self.module)}
             self.weights_sha256 = rm.weights_sha256() or self.identity.get("state_dict_sha256")
             self.data_config = rm.data_config(**pre)
+        cap = options.get("max_img_size")
+        if cap and max(self.data_config["input_size"][1:]) > int(cap):
+            self.data_config = self._capped(int(cap), pre)
         if ds.is_preprocessed:
             self.data_config = dict(getattr(ds, "preprocessing", {"premade": True}))
+
+    def _capped(self, cap: int, pre: dict[str, Any]) -> dict[str, Any]:
+        """The data config at ``cap`` px (``max_img_size``): the model's own interpolation, crop and
+        normalisation, a smaller input. Only for models whose own input is larger than the cap."""
+        pre = {k: v for k, v in pre.items() if k not in ("input_size", "img_size")}
+        pre["img_size"] = cap
+        if self.resolved is not None:
+            return self.resolved.data_config(**pre)
+        from timm.data import resolve_data_config
+
+        from ..models import _jsonable, _normalise_preprocess
+
+        return _jsonable(resolve_data_config(_normalise_preprocess(pre), model=self.module))
 
     def build(self) -> nn.Module:
         if self.module is None:
@@ -347,7 +363,9 @@ def extract_features(
     ``probs``: also store softmax source-class probabilities when the model has a classifier (a
     "background" output is dropped with ``drop_background``). Corrupt images are skipped with a
     :class:`~transferkit.data.CorruptImageWarning` (``strict=True``: raise). ``preprocess``: overrides of
-    the model's data config (``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``, ``crop_mode``).
+    the model's data config (``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``, ``crop_mode``),
+    or ``max_img_size``: a cap on the input resolution (a model whose own input is larger runs at the cap,
+    with its own crop and normalisation; smaller ones keep theirs; the default is no cap).
     Under ``torchrun`` the work is sharded over ranks and merged by rank 0 (see ``distributed.py``).
 
     Resuming: the cache is written in chunks of at most ``chunk_size`` images (default 1024; the batch size
