@@ -94,15 +94,11 @@ def ground_truth(zoo: list[str]) -> dict[str, dict[str, Any]]:
 
 # -- features --------------------------------------------------------------------------------------
 def load_features(spec: Any, task: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from transferkit.benchmark.runner import feature_entries
-    from transferkit.features import extract_zoo
+    """The zoo's features on one task as the bench extracts them (benchmarks/offline_tasks.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from offline_tasks import task_zoo
 
-    ds = next(d for d in spec.datasets if d.name == task)
-    fo = spec.feature_options(ds)
-    sets = extract_zoo(feature_entries(spec, ds, spec.zoo), ds.data, split=fo.split, cache_dir=fo.cache_dir,
-                       per_class=fo.per_class, seed=spec.seed, batch_size=fo.batch_size,
-                       num_workers=fo.num_workers, device=fo.device, progress=False, precision=fo.precision)
-    return {name: (np.asarray(fs.features), np.asarray(fs.labels)) for name, fs in sets.items()}
+    return {z.name: (np.asarray(z.X), np.asarray(z.y)) for z in task_zoo(spec, task)}
 
 
 # -- diagnostics: η per model under each unit, and how much one DCA step closes ---------------------

@@ -686,8 +686,21 @@ class _NoBar:
     def update(self, k: int) -> None:
         pass
 
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+def _zoo_progress(enabled: bool, n_models: int) -> Any:
+    """The zoo's stage bar above the per-model image bars: models done of n, the one in progress, elapsed
+    time and tqdm's rate-based estimate of the rest (models differ in cost, so it firms up as models finish)."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n_models, desc="zoo", unit="model", dynamic_ncols=True, leave=False)
 
 
 def _progress(enabled: bool, total: int, desc: str) -> Any:
@@ -740,13 +753,17 @@ def extract_zoo(
     share = len(entries) > 1 and not ds.is_preprocessed and decode_budget_bytes > 0
     if share:  # each image is decoded once for the whole zoo (see DecodedImages)
         ds._decoded_images = DecodedImages(decode_budget_bytes)  # type: ignore[attr-defined]
+    zoo_bar = _zoo_progress(progress and len(entries) > 1, len(entries))
     try:
         for e in entries:
+            zoo_bar.set_postfix_str(e.name, refresh=True)
             out[e.name] = extract_features(e, ds, cache_dir=cache_dir, batch_size=batch_size,
                                            num_workers=num_workers, device=device, progress=progress, seed=seed,
                                            chunk_size=chunk_size, chunk_seconds=chunk_seconds, **kwargs)
             out[e.name].metadata["dataset"].update(per_class=per_class, seed=seed)
+            zoo_bar.update(1)
     finally:
+        zoo_bar.close()
         if share:
             del ds._decoded_images  # type: ignore[attr-defined]
     return out
