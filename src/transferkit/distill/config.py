@@ -292,6 +292,8 @@ class DistillConfig:
             doc = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ValueError(f"{p}: not valid YAML ({exc})") from exc
+        if isinstance(doc, dict) and isinstance(doc.get("run"), dict) and set(doc) <= {"run", "grid"}:
+            doc = doc["run"]  # a benchmark file (benchmarks/distill_*.yaml): its run: block is the config
         try:
             return cls.from_dict(doc)
         except (TypeError, ValueError) as exc:
