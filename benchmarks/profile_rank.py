@@ -86,9 +86,11 @@ def breakdown(data: Path, batch_size: int = 64) -> list[dict]:
     from timm.data import create_transform
 
     from transferkit.data import open_dataset
+    from transferkit.features.allocator import keep_allocations_in_heap
     from transferkit.features.extract import _Prepared
     from transferkit.models import make_feature_fn, read_zoo
 
+    keep_allocations_in_heap()  # as extraction does (TRANSFERKIT_MALLOPT=0: the allocator's default behaviour)
     ds = open_dataset(str(data), "train", per_class=30, seed=0)
     rows = []
     for e in read_zoo(ZOO):
@@ -119,10 +121,20 @@ def breakdown(data: Path, batch_size: int = 64) -> list[dict]:
     return rows
 
 
+def print_end_to_end(e2e: dict) -> None:
+    print(f"\n$ {e2e['command']}")
+    print(f"cold cache end to end: wall {e2e['wall_s']} s | user {e2e['user_s']} s + sys {e2e['sys_s']} s CPU | "
+          f"peak RSS {e2e['peak_rss_mb']:.0f} MB | minor faults {e2e['minor_faults']:,} | "
+          f"major faults {e2e['major_faults']} | load avg before {e2e['load_before']} after {e2e['load_after']} "
+          f"on {e2e['cores']} cores")
+    print(f"of which scoring: {sum(e2e['scoring_s'].values()):.1f} s ({', '.join(f'{m} {s}' for m, s in e2e['scoring_s'].items())})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rank-args", default="", help="extra options for `transferkit rank` (quoted)")
     ap.add_argument("--skip-breakdown", action="store_true")
+    ap.add_argument("--skip-end-to-end", action="store_true", help="only the per-model breakdown")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     if not (SHARED / "data").is_dir():
@@ -131,13 +143,9 @@ def main() -> None:
         root = Path(tmp) / "data17"
         n = build_folder(root)
         print(f"data: {root} ({n} images, 17 classes: 10 EuroSAT + 5 flower_photos + 2 DTD-10, 30 train each)")
-        e2e = end_to_end(root, Path(tmp) / "cache", shlex.split(args.rank_args))
-        print(f"\n$ {e2e['command']}")
-        print(f"cold cache end to end: wall {e2e['wall_s']} s | user {e2e['user_s']} s + sys {e2e['sys_s']} s CPU | "
-              f"peak RSS {e2e['peak_rss_mb']:.0f} MB | minor faults {e2e['minor_faults']:,} | "
-              f"major faults {e2e['major_faults']} | load avg before {e2e['load_before']} after {e2e['load_after']} "
-              f"on {e2e['cores']} cores")
-        print(f"of which scoring: {sum(e2e['scoring_s'].values()):.1f} s ({', '.join(f'{m} {s}' for m, s in e2e['scoring_s'].items())})")
+        e2e = None if args.skip_end_to_end else end_to_end(root, Path(tmp) / "cache", shlex.split(args.rank_args))
+        if e2e is not None:
+            print_end_to_end(e2e)
         rows = [] if args.skip_breakdown else breakdown(root)
         if rows:
             print("\nper model (in-process, one pass per stage, seconds):")
