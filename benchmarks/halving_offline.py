@@ -65,13 +65,16 @@ def run_task(zoo: list[ZooFeatures]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--gt", type=Path, default=None,
+                    help="another ground-truth CSV, e.g. benchmarks/offline/groundtruth_v1_50test.csv (the v1 "
+                         "40-shot table: no per-image records, so intervals over tasks only)")
     args = ap.parse_args(argv)
     spec = offline_spec()
-    tasks = complete_tasks(spec)
+    tasks = complete_tasks(spec, args.gt)
     if not tasks:
         print("no offline task has a complete ground truth yet (bash benchmarks/run_offline_groundtruth.sh)")
         return 1
-    boot = task_bootstrap(spec, tasks, n_boot=args.n_boot)
+    boot = task_bootstrap(spec, tasks, n_boot=args.n_boot) if args.gt is None else None
     rows, diff_samples = [], {"tau_w": [], "regret": []}
     for task, acc in tasks.items():
         r = run_task(task_zoo(spec, task))
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             row[f"tau_w_{k}"] = rank_metrics(r[k], acc)["weighted_tau_scipy"]
         rows.append(row)
         for key, metric in (("tau_w", "weighted_tau_scipy"), ("regret", "regret")):
+            if boot is None:
+                continue
             diff_samples[key].append(metric_samples(r["fast"], boot[task], metric)
                                      - metric_samples(r["full"], boot[task], metric))
     print(f"{'task':22s} {'full pick':24s} {'fast pick':24s} {'tau_w full':>10s} {'tau_w fast':>10s} "
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("tau_w", "regret"):
         d = np.array([r[f"{key}_fast"] - r[f"{key}_full"] for r in rows])
         lo, hi = bootstrap_mean_interval(d) if len(d) > 1 else (float("nan"), float("nan"))
-        ilo, ihi = _percentiles(np.mean(diff_samples[key], axis=0), 0.95)
+        ilo, ihi = _percentiles(np.mean(diff_samples[key], axis=0), 0.95) if diff_samples[key] else (np.nan, np.nan)
         summary[key] = {"mean_change": float(d.mean()), "over_tasks_95": [lo, hi], "over_test_images_95": [ilo, ihi]}
         print(f"mean {key} fast - full: {d.mean():+.3f}  95 %: over {len(d)} tasks [{lo:+.3f}, {hi:+.3f}], "
               f"over test images [{ilo:+.3f}, {ihi:+.3f}]")
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"same pick on {same}/{len(rows)} tasks; images extracted: full {imgs[0]}, fast {imgs[1]} "
           f"({1 - imgs[1] / imgs[0]:.0%} fewer)")
     OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(OUT / "results.json", json.dumps({"tasks": rows, "summary": summary, "same_pick": same,
+    name = "results.json" if args.gt is None else f"results_{args.gt.stem}.json"
+    atomic_write_text(OUT / name, json.dumps({"tasks": rows, "summary": summary, "same_pick": same,
                                                         "images": imgs, "n_boot": args.n_boot}, indent=1))
     return 0
 

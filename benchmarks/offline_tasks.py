@@ -26,9 +26,15 @@ def offline_spec(path: Path = SPEC) -> BenchmarkSpec:
     return load_spec(path)
 
 
-def complete_tasks(spec: BenchmarkSpec) -> dict[str, dict[str, float]]:
-    """Tasks (spec order) with a ground-truth accuracy for every model of the zoo."""
-    gt = spec.load_ground_truth()
+def complete_tasks(spec: BenchmarkSpec, ground_truth_csv: Path | None = None) -> dict[str, dict[str, float]]:
+    """Tasks (spec order) with a ground-truth accuracy for every model of the zoo (from the spec's CSV, or
+    ``ground_truth_csv``, e.g. the v1 table benchmarks/offline/groundtruth_v1_50test.csv)."""
+    if ground_truth_csv is not None:
+        from transferkit.finetune import ground_truth_by_dataset
+
+        gt = ground_truth_by_dataset(ground_truth_csv)
+    else:
+        gt = spec.load_ground_truth()
     names = {e.name for e in spec.zoo}
     return {d.name: gt[d.name] for d in spec.datasets if names <= set(gt.get(d.name, {}))}
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from transferkit.features import extract_zoo
 
 
-def test_zoo_bar_counts_models(tmp_path: Path, capsys) -> None:
+def test_zoo_bar_counts_models(tmp_path: Path, monkeypatch) -> None:
     rng = np.random.default_rng(0)
     for c in range(2):
         d = tmp_path / "data" / "train" / f"c{c}"
@@ -27,10 +27,20 @@ def test_zoo_bar_counts_models(tmp_path: Path, capsys) -> None:
         p = tmp_path / f"w{k}.safetensors"
         save_file({n: v.contiguous() for n, v in m.state_dict().items()}, str(p))
         specs.append(f"test_resnet@{p}")
+    import transferkit.features.extract as ex
+
+    bars = []
+    real = ex._zoo_progress
+
+    def spy(enabled, n_models):
+        bars.append(real(enabled, n_models))
+        return bars[-1]
+
+    monkeypatch.setattr(ex, "_zoo_progress", spy)
     extract_zoo(specs, tmp_path / "data", split="train", cache_dir=tmp_path / "c", progress=True, num_workers=0,
                 input_size=16)
-    err = capsys.readouterr().err
-    assert "zoo:" in err and "2/2" in err and "model" in err
+    bar = bars[-1]
+    assert bar.total == 2 and bar.n == 2 and bar.unit == "model"
     extract_zoo(specs, tmp_path / "data", split="train", cache_dir=tmp_path / "c", progress=False, num_workers=0,
                 input_size=16)
-    assert "zoo:" not in capsys.readouterr().err
+    assert isinstance(bars[-1], ex._NoBar)

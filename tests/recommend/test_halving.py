@@ -57,6 +57,22 @@ def test_halving_keeps_the_model_a_full_run_ranks_first():
     assert total < len(feats) * len(y)  # fewer image features than a full run
 
 
+def test_too_few_images_per_class_to_drop_means_one_full_round():
+    """10 per class: rounds of 3 and 5 per class could not drop anyone safely, so the fast run is the full run."""
+    y, feats = _synthetic_zoo(per_class=10)
+    calls = []
+
+    def extract(name, positions):
+        calls.append(positions)
+        X, P = feats[name]
+        return ZooFeatures(name, X, y, P, {"computed_images": len(y)})
+
+    _, rec, rounds = successive_halving(list(feats), extract, lambda z: recommend(z), y)
+    assert len(rounds) == 1 and rounds[0].share == 1.0 and rounds[0].kept == list(feats)
+    assert calls == [None] * len(feats)
+    assert rec.model == recommend([ZooFeatures(m, X, y, P) for m, (X, P) in feats.items()]).model
+
+
 def test_class_prefix_positions_are_nested_per_class():
     y = np.repeat(np.arange(3), [10, 4, 7])
     small = class_prefix_positions(y, 0.25)
@@ -67,9 +83,13 @@ def test_class_prefix_positions_are_nested_per_class():
     assert small == [(0, 3), (10, 13), (14, 17)]
 
 
-def _jpeg(seed: int, size: int = 36) -> bytes:
+def _jpeg(seed: int, size: int = 36, tint: int = 0) -> bytes:
+    """Noise around a class colour: the classes are separable, so the methods agree on who is worse."""
+    rng = np.random.default_rng(seed)
+    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]][tint % 4], dtype=np.int16)
+    img = np.clip(base + rng.normal(0, 60, (size, size, 3)), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    Image.fromarray(img).save(buf, "JPEG")
     return buf.getvalue()
 
 
@@ -78,10 +98,10 @@ def tiny_zoo(tmp_path) -> tuple[Path, Path]:
     root = tmp_path / "data"
     for c in range(4):
         (root / "train" / f"c{c}").mkdir(parents=True)
-        for i in range(12):
-            (root / "train" / f"c{c}" / f"{i:02d}.jpg").write_bytes(_jpeg(100 * c + i))
+        for i in range(16):  # 1/4 (4 per class) is too few to drop models; 1/2 (8, MIN_PER_CLASS_TO_DROP) is not
+            (root / "train" / f"c{c}" / f"{i:02d}.jpg").write_bytes(_jpeg(100 * c + i, tint=c))
     lines = ["models:"]
-    for k in range(4):
+    for k in range(8):  # 8 models: the top half and the methods' top 3 leave some out
         torch.manual_seed(k)
         m = timm.create_model("test_resnet", pretrained=False, num_classes=5)
         p = tmp_path / f"w{k}.safetensors"
@@ -104,23 +124,23 @@ def test_a_full_run_after_a_fast_run_extracts_only_the_missing_images(tiny_zoo, 
                   "--budget", "fast", "--out", str(tmp_path / "fast")], tmp_path)
     assert fast.returncode == 0, fast.stderr
     halving = json.loads((tmp_path / "fast" / "scores.json").read_text())["halving"]
-    assert halving[0]["images"] == 12 and len(halving[0]["models"]) == 4
+    assert halving[0]["images"] == 32 and len(halving[0]["models"]) == 8
     done = {}
     for r in halving:
         for m, k in r["computed_images"].items():
             done[m] = done.get(m, 0) + k
-    assert sum(done.values()) < 4 * 48  # the fast run did not extract every model on every image
+    assert sum(done.values()) < 8 * 64  # the fast run did not extract every model on every image
     finished_fast = set(_entries(cache))  # survivors of the last round: complete entries already
     full = _rank(["--zoo", str(zoo), "--data", str(data), "--split", "train", "--cache", str(cache),
-                  "--out", str(tmp_path / "full")], tmp_path)
+                  "--budget", "full", "--out", str(tmp_path / "full")], tmp_path)
     assert full.returncode == 0, full.stderr
     entries = _entries(cache)
-    assert len(entries) == 4
+    assert len(entries) == 8
     for name, meta in entries.items():
         if name in finished_fast:
-            assert done[name] == 48  # extracted on every image by the fast run: a cache hit now
+            assert done[name] == 64  # extracted on every image by the fast run: a cache hit now
         else:  # the full run computed exactly the images the fast run had not
-            assert 0 < done[name] < 48 and meta["computed_images"] == 48 - done[name]
+            assert 0 < done[name] < 64 and meta["computed_images"] == 64 - done[name]
     dropped = sorted(set(entries) - finished_fast)
     assert dropped
     # the rows computed in pieces equal a fresh one-pass extraction (float tolerance: batches are cut differently)
@@ -142,3 +162,17 @@ def _entries(cache: Path) -> dict[str, dict]:
             meta = json.loads(str(d["metadata"]))
         out[meta["model"]["name"]] = dict(meta, path=f)
     return out
+
+
+def test_auto_budget_halves_with_data_and_four_models_unless_ground_truth(tiny_zoo, tmp_path):
+    data, zoo = tiny_zoo
+    common = ["--zoo", str(zoo), "--data", str(data), "--split", "train", "--cache", str(tmp_path / "cache")]
+    auto = _rank([*common, "--out", str(tmp_path / "auto")], tmp_path)
+    assert auto.returncode == 0, auto.stderr
+    assert "halving" in json.loads((tmp_path / "auto" / "scores.json").read_text())
+    assert "dropped early as clearly worse" in auto.stdout
+    gt = tmp_path / "gt.csv"
+    gt.write_text("model,accuracy\n" + "".join(f"tiny{k},{50 + k}\n" for k in range(8)))
+    with_gt = _rank([*common, "--gt", str(gt), "--out", str(tmp_path / "gt")], tmp_path)
+    assert with_gt.returncode == 0, with_gt.stderr
+    assert "halving" not in json.loads((tmp_path / "gt" / "scores.json").read_text())

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..ranking import DEFAULT_METHODS, MethodResult, ZooFeatures, load_feature_file, rank_zoo, read_ground_truth
 from ..reporting import format_table, write_csv, write_json
-from .rank_report import (plot_recommendation, provenance, render_details, render_method_table,
+from .rank_report import (plot_recommendation, provenance, render_details, render_dropped, render_method_table,
                           render_recommendation, score_rows, scores_payload)
 from ._common import check_output_dir, deprecation, note, readable_warnings, split_list, verbosity_options
 
@@ -257,10 +257,12 @@ def print_next_steps(demo: bool, out: Path) -> None:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Write the feature cache every N images (default 1024; also at least every 30 s of work), "
                    "so an interrupted run resumes from there.")
-@click.option("--budget", type=click.Choice(["full", "fast"]), default="full", show_default=True,
+@click.option("--budget", type=click.Choice(["auto", "full", "fast"]), default="auto", show_default=True,
               help="fast: successive halving with --data: every model on 1/4 of each class, the clearly worse "
                    "dropped (consensus top half, or top 3 of any informative method, survive), then 1/2, then "
-                   "all images; features go to the cache, so a later full run computes only the rest.")
+                   "all images; a round with fewer than 8 images in some class is skipped (too few to drop "
+                   "anyone). Features go to the cache, so a later full run computes only the rest. full: every "
+                   "model on every image. auto: fast with --data and 4 or more models, else full.")
 @click.option("--img-size", type=click.IntRange(min=8), default=None, metavar="PX",
               help="Cap the input resolution at PX: models whose own input is larger run at PX (their own crop "
                    "and normalisation), smaller ones keep theirs. Default: every model's own resolution, as "
@@ -273,7 +275,7 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
             data: str | None, split: str | None, per_class: int | None, sample_seed: int, cache: str,
             device: str, batch_size: int, workers: int | None, chunk_size: int | None, strict: bool,
             no_progress: bool, quiet: bool, verbose: bool, seeds_opt: str | None = None,
-            plot: bool = True, budget: str = "full", img_size: int | None = None) -> None:
+            plot: bool = True, budget: str = "auto", img_size: int | None = None) -> None:
     """Rank models by transferability from FEATURES (.npz files with X, y[, P]), from features extracted
     here (--models/--zoo with --data), or of the built-in --demo zoo.
 
@@ -339,6 +341,9 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
     if gt is not None:
         _check_gt_covers(gt, names, gt_path)
 
+    if budget == "auto":  # halving pays off from a few models on; feature files are scored as they are
+        # with --gt the user evaluates the ranking itself: every model gets a full score
+        budget = "fast" if data and not features and gt is None and len(names) - len(sources) >= 4 else "full"
     if img_size and not data:
         raise click.UsageError("--img-size applies to features extracted here (--models/--zoo with --data)")
     if budget == "fast" and not data:
@@ -388,6 +393,8 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
                 raise click.ClickException(str(exc)) from exc
     print_left_out(results, sources)
     click.echo("\n" + render_recommendation(rec) + "\n\n" + render_method_table(rec))
+    if halving_rounds and render_dropped(halving_rounds):
+        click.echo("\n" + render_dropped(halving_rounds))
     if verbose:
         click.echo(render_details(rec))
     asked = [r for r in results if r.method in method_list]  # not the methods the consensus adds

@@ -215,3 +215,17 @@ def plot_recommendation(rec: Recommendation, path: str | Path) -> Path:
         return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
     finally:
         plt.close(fig)
+
+
+def render_dropped(rounds: Sequence[Any]) -> str:
+    """The models successive halving dropped, by round (in that round's consensus order): they are not in the
+    tables above, which rank the models scored on every image."""
+    lines = []
+    for r in rounds:
+        gone = [m for m in r.order if m in r.models and m not in r.kept]
+        if gone:
+            lines.append(f"  round {r.index} of {len(rounds)} ({r.n_images} images): {', '.join(gone)}")
+    if not lines:
+        return ""
+    return ("dropped early as clearly worse (successive halving; `--budget full` ranks every model on every "
+            "image):\n" + "\n".join(lines))
