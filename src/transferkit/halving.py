@@ -51,6 +51,11 @@ class HalvingRound:
     order: list[str] = field(default_factory=list)  # the round's consensus order (dropped models rank by it)
 
 
+def _round_count(n: int, share: float, min_per_class: int) -> int:
+    """Images a round takes from a class of ``n``: ``ceil(share * n)``, at least ``min_per_class``, at most n."""
+    return min(n, max(min_per_class, math.ceil(share * n)))
+
+
 def class_prefix_positions(targets: np.ndarray, share: float, min_per_class: int = MIN_PER_CLASS) -> list[tuple[int, int]]:
     """Sorted ``[lo, hi)`` ranges of the first ``ceil(share * n_c)`` positions of each class (runs of
     consecutive positions merged)."""
@@ -58,8 +63,7 @@ def class_prefix_positions(targets: np.ndarray, share: float, min_per_class: int
     chosen: list[int] = []
     for c in np.unique(targets):
         pos = np.flatnonzero(targets == c)
-        k = min(len(pos), max(min_per_class, math.ceil(share * len(pos))))
-        chosen.extend(pos[:k].tolist())
+        chosen.extend(pos[:_round_count(len(pos), share, min_per_class)].tolist())
     spans: list[tuple[int, int]] = []
     for p in sorted(chosen):
         if spans and spans[-1][1] == p:
@@ -74,7 +78,7 @@ def smallest_class_count(targets: np.ndarray, share: float, min_per_class: int =
     _, counts = np.unique(np.asarray(targets), return_counts=True)
     if counts.size == 0:
         return 0
-    return int(min(min(int(n), max(min_per_class, math.ceil(share * int(n)))) for n in counts))
+    return min(_round_count(int(n), share, min_per_class) for n in counts)
 
 
 def survivors(rec: Any) -> list[str]:

@@ -9,32 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
-import torch
-from PIL import Image
-from safetensors.torch import save_file
 
 from transferkit.features import extract_features
 
 
 @pytest.fixture()
-def folder(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        d = tmp_path / "data" / "train" / f"c{c}"
-        d.mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return tmp_path / "data"
-
-
-@pytest.fixture()
-def weights(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    m = timm.create_model("test_resnet", pretrained=False, num_classes=3)
-    p = tmp_path / "w.safetensors"
-    save_file({n: v.contiguous() for n, v in m.state_dict().items()}, str(p))
-    return p
+def weights(make_weights) -> Path:
+    return make_weights(0)
 
 
 def test_cap_lowers_larger_inputs_only(folder: Path, weights: Path, tmp_path: Path) -> None:

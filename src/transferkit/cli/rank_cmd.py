@@ -393,8 +393,9 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
                 raise click.ClickException(str(exc)) from exc
     print_left_out(results, sources)
     click.echo("\n" + render_recommendation(rec) + "\n\n" + render_method_table(rec))
-    if halving_rounds and render_dropped(halving_rounds):
-        click.echo("\n" + render_dropped(halving_rounds))
+    dropped = render_dropped(halving_rounds) if halving_rounds else ""
+    if dropped:
+        click.echo("\n" + dropped)
     if verbose:
         click.echo(render_details(rec))
     asked = [r for r in results if r.method in method_list]  # not the methods the consensus adds
@@ -436,12 +437,11 @@ def command(features: tuple[str, ...], methods: str | None, gt_path: str | None,
         write_csv(out / "metrics.csv", metric_rows)
         payload["ground_truth"] = gt
         payload["metrics"] = metric_rows
-    write_json(out / "scores.json", payload)
     if halving_rounds is not None:
         payload["halving"] = [{"round": r.index, "share": r.share, "images": r.n_images, "models": r.models,
                                "kept": r.kept, "order": r.order, "computed_images": r.extracted, "seconds": round(r.seconds, 2)}
                               for r in halving_rounds]
-        write_json(out / "scores.json", payload)
+    write_json(out / "scores.json", payload)
     if plot:
         plot_recommendation(rec, out / "rank.png")
     click.echo(f"\nwrote {out / 'scores.csv'} and {out / 'scores.json'}"

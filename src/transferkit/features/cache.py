@@ -59,6 +59,17 @@ class FeatureCache:
         return [CacheEntry(p, p.name) for p in sorted(base.iterdir())] if base.is_dir() else []
 
 
+def intersect_spans(spans: Any, wanted: Any) -> list[tuple[int, int]]:
+    """The parts of ``spans`` inside ``wanted`` (both sorted, non-overlapping ``[lo, hi)`` lists)."""
+    out = []
+    for a, b in spans:
+        for c, d in wanted:
+            lo, hi = max(a, c), min(b, d)
+            if lo < hi:
+                out.append((lo, hi))
+    return sorted(out)
+
+
 class CacheEntry:
     """One (model, dataset selection, preprocessing, layer) entry of the cache."""
 
@@ -164,15 +175,15 @@ class CacheEntry:
         (a partial entry: successive halving reads the images of its rounds before the entry is complete)."""
         n = max((hi for _, hi in positions), default=0)
         pieces, gaps = self.cover(n)
+        missing = intersect_spans(gaps, positions)
+        if missing:
+            raise FileNotFoundError(f"{self.path}: positions [{missing[0][0]}, {missing[0][1]}) have no chunk")
         parts = []
         for lo, hi, a, b in pieces:
-            for c, d in positions:
-                x, y = max(a, c), min(b, d)
-                if x < y:
-                    parts.append(_slice_chunk(self.read_chunk(lo, hi), x, y))
-        for a, b in gaps:
-            if any(max(a, c) < min(b, d) for c, d in positions):
-                raise FileNotFoundError(f"{self.path}: positions [{a}, {b}) have no chunk")
+            inside = intersect_spans([(a, b)], positions)
+            if inside:  # each chunk is read once, however many ranges (one per class) it holds
+                chunk = self.read_chunk(lo, hi)
+                parts.extend(_slice_chunk(chunk, x, y) for x, y in inside)
         feats = [p["features"] for p in parts if len(p["features"])]
         X = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
         y = np.concatenate([p["labels"] for p in parts]) if parts else np.zeros(0, np.int64)

@@ -36,7 +36,7 @@ from ..data import CorruptImageError, CorruptImageWarning, ImageDataset, open_da
 from ..models import ModelEntry, ResolvedModel, make_feature_fn, read_zoo, resolve_model, state_dict_digest
 from ..reporting import OutputWriteError
 from .allocator import keep_allocations_in_heap
-from .cache import CacheEntry, FeatureCache, cache_key
+from .cache import CacheEntry, FeatureCache, cache_key, intersect_spans
 from .distributed import DistContext, dist_context
 from .featureset import FeatureSet
 
@@ -477,7 +477,7 @@ def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext,
         entry.open(n, doc)
         pieces, gaps = entry.cover(n)
         if positions is not None:
-            gaps = _intersect(gaps, positions)
+            gaps = intersect_spans(gaps, positions)
         plan = (len(pieces), _work_units(gaps, bs, chunk_size))
     from_cache, units = ctx.broadcast(plan)
     if not ctx.is_main:
@@ -534,17 +534,6 @@ def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext,
             raise exc.with_detail(f"all {n} images of {display} are computed and kept as chunks in {entry.path}; "
                                   "free some space and run again to finish" if persistent else "") from None
     return _share_result(ctx, entry, fs, cache_hit=False)
-
-
-def _intersect(gaps: Sequence[Span], wanted: Sequence[Span]) -> list[Span]:
-    """The parts of ``gaps`` inside ``wanted`` (both sorted, non-overlapping ``[lo, hi)`` lists)."""
-    out = []
-    for a, b in gaps:
-        for c, d in wanted:
-            lo, hi = max(a, c), min(b, d)
-            if lo < hi:
-                out.append((lo, hi))
-    return sorted(out)
 
 
 def _rows_at(fs: FeatureSet, positions: Sequence[Span]) -> FeatureSet:
