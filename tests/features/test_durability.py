@@ -31,7 +31,7 @@ from transferkit import reporting
 from transferkit.features import FeatureCache, extract_features
 from transferkit.reporting import OutputWriteError
 
-N_IMAGES = 240  # 60 chunks of 4: long enough to interrupt after the first chunk on any machine
+N_IMAGES = 720  # 180 chunks of 4: long enough to interrupt after the first chunk on any machine (240 finished first on an idle CI-like run)
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
