@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def child_embed(n: int, work: Path, threads: int) -> dict:
 
 
 def child_index(n: int, dim: int, work: Path, train: int, nq: int, k: int, nprobe: int, m: int,
-                threads: int) -> dict:
+                threads: int, sweep: list[int] | None = None) -> dict:
     import faiss
     from numpy.lib.format import open_memmap
 
@@ -161,6 +162,19 @@ def child_index(n: int, dim: int, work: Path, train: int, nq: int, k: int, nprob
         out[tag] = {"build_s": round(build, 1), "rss_growth_build_mib": round(r1 - r0, 1), "save_s": round(save, 2),
                     "load_s": round(load, 2), "qps": round(nq / qs, 1), f"recall@{k}": round(rec, 4),
                     "nlist": idx.nlist, "files_mib": round(size, 1), "rerank": cfg.rerank}
+        if sweep and not ondisk:  # recall / speed trade-off of the reloaded index: the knob users turn
+            out["sweep"] = []
+            points = [(p, cfg.rerank) for p in sweep] + [(nprobe, r) for r in (1, 10, 25) if r != cfg.rerank]
+            for p, r in points:
+                faiss.extract_index_ivf(idx.index).nprobe = min(p, idx.nlist)
+                idx.cfg = replace(cfg, rerank=r)
+                t0 = time.perf_counter()
+                _, ia = idx.search(q, k)
+                qs = time.perf_counter() - t0
+                rec = float(np.mean([len(np.intersect1d(a, e)) / k for a, e in zip(ia, ie)]))
+                out["sweep"].append({"nprobe": p, "rerank": r, "qps": round(nq / qs, 1),
+                                     f"recall@{k}": round(rec, 4), "recall@1": round(float(np.mean(ia[:, 0] == ie[:, 0])), 4)})
+            idx.cfg = cfg
         del idx
     out["rss_before_mib"] = round(rss0, 1)
     out["peak_rss_mib"] = round(_peak_mib(), 1)
@@ -187,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--nprobe", type=int, default=32)
     ap.add_argument("--m", type=int, default=32)
+    ap.add_argument("--nprobe-sweep", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="index: also search the reloaded index with these nprobe values (e.g. 16,32,64,128,256)")
     ap.add_argument("--threads", type=int, default=1, help="torch / faiss threads (1 on a shared CPU)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", default=str(OUT))
@@ -197,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(a.work)
         n = a.sizes[0]
         res = child_embed(n, work, a.threads) if a.part == "embed" else \
-            child_index(n, a.dim, work, a.train, a.nq, a.k, a.nprobe, a.m, a.threads)
+            child_index(n, a.dim, work, a.train, a.nq, a.k, a.nprobe, a.m, a.threads, a.nprobe_sweep)
         print("RESULT " + json.dumps(res))
         return 0
     out = Path(a.out)
@@ -213,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, __file__, a.part, "--child", "--sizes", str(n), "--work", str(work),
                "--dim", str(a.dim), "--train", str(a.train), "--nq", str(a.nq), "--k", str(a.k),
                "--nprobe", str(a.nprobe), "--m", str(a.m), "--threads", str(a.threads)]
+        if a.nprobe_sweep:
+            cmd += ["--nprobe-sweep", ",".join(map(str, a.nprobe_sweep))]
         load0 = _load()
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True,

@@ -80,6 +80,23 @@ def test_approximate_indexes_recall(gallery: tuple, kind: str) -> None:
     assert not np.isin(i, np.nonzero(~g.valid)[0]).any()
 
 
+def test_ivfpq_rerank_depth(gallery: tuple) -> None:
+    """Re-ranking returns exact cosines, and a deeper re-rank never lowers recall (the --rerank knob)."""
+    pytest.importorskip("faiss")
+    g, x = gallery
+    q = x[::50]
+    recalls = []
+    for depth in (1, 4, 16):
+        idx = build_index(g, IndexConfig(kind="ivfpq", nlist=16, nprobe=16, m=4, train_size=3000, threads=1,
+                                         rerank=depth))
+        s, i = idx.search(q, 10)
+        if depth > 1:
+            exact = np.einsum("qd,qkd->qk", q, g.take(i.ravel()).reshape(len(q), 10, -1))
+            assert np.allclose(s, exact, atol=1e-5)
+        recalls.append(recall_at_k(idx, ExactIndex(g), q, 10))
+    assert recalls[0] <= recalls[1] + 1e-9 <= recalls[2] + 2e-9 and recalls[2] > recalls[0]
+
+
 def test_auto_and_fallback(gallery: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     g, _ = gallery
     monkeypatch.setattr(index_mod, "faiss_available", lambda: False)

@@ -56,6 +56,8 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--nprobe", type=int, default=32, show_default=True,
               help="IVF lists searched per query (more: better recall, slower).")
 @click.option("--pq-m", type=int, default=32, show_default=True, help="IVF-PQ bytes per vector.")
+@click.option("--rerank", type=int, default=4, show_default=True,
+              help="IVF-PQ: re-rank the top k x this many by exact cosine (1: off; more: better recall@k, slower).")
 @click.option("--index-path", help="Save the built index in this folder and reuse it while the gallery is unchanged.")
 @click.option("--ondisk", is_flag=True, default=None,
               help="IVF kinds: keep the inverted lists in a memory-mapped file under --index-path (not in RAM).")
@@ -108,7 +110,8 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
         raise click.UsageError("--gallery-split/--gallery-per-class apply to --gallery; set split/per_class "
                                "on each gallery entry of the --config file instead")
     for cli_name, key in (("index_kind", "kind"), ("exact_max", "exact_max"), ("nlist", "nlist"),
-                          ("nprobe", "nprobe"), ("pq_m", "m"), ("index_path", "path"), ("ondisk", "ondisk")):
+                          ("nprobe", "nprobe"), ("pq_m", "m"), ("rerank", "rerank"), ("index_path", "path"),
+                          ("ondisk", "ondisk")):
         if (_given(ctx, cli_name) or key not in index_doc) and opts[cli_name] is not None:
             index_doc[key] = opts[cli_name]
     if doc.get("dup_threshold") is not None and float(doc["dup_threshold"]) >= 1.0:
