@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-per-class", type=int, default=None,
                     help="leakage guard and evaluation on this many test images per class (default: all 1,000)")
     ap.add_argument("--no-distill", action="store_true", help="stop after the transfer sets")
+    ap.add_argument("--summary-only", action="store_true", help="table and plot of the runs finished so far")
+    ap.add_argument("--jobs", type=int, default=1, help="distillation runs at a time (one process each; 2 on 2 cores)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 seed, 20 images/class/source, sizes 20,40, 2 shots, 20 steps, "
                          "20 test images/class")
@@ -262,7 +264,21 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     rows = []
     t_all = time.perf_counter()
-    for seed in a.seeds:
+    runs = []
+    if a.summary_only:  # the table and plot of the finished runs (e.g. part-way through the experiment)
+        for seed in a.seeds:
+            for size in a.sizes:
+                for strategy in ("balanced", "random"):
+                    runs.append((seed, strategy, size, out / "sets" / f"seed{seed}" / f"{strategy}_{size}.csv"))
+            runs.append((seed, "whole", -1, out / "sets" / f"seed{seed}" / "whole_gallery.csv"))
+        rows = [distill_one(a, *r, out) for r in runs
+                if (out / "runs" / f"seed{r[0]}_{r[1]}_{r[2] if r[2] > 0 else 'all'}" / "results.json").exists()]
+        if not rows:
+            print("no finished run yet", file=sys.stderr)
+            return 1
+        print(summarise(rows, out))
+        return 0
+    for seed in a.seeds:  # the transfer sets of every seed first (embedding + search: one process)
         t0 = time.perf_counter()
         gallery = write_gallery(out, seed, a.shots, a.per_class_cap, a.per_shard)
         timings[f"seed{seed}_shards"] = time.perf_counter() - t0
@@ -271,13 +287,21 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"seed{seed}_curate"] = time.perf_counter() - t0
         print(f"seed {seed}: gallery {gallery}; transfer sets ready ({timings[f'seed{seed}_curate']:.0f} s)",
               flush=True)
-        if a.no_distill:
-            continue
-        for (strategy, size), man in sets.items():
+        runs += [(seed, strategy, size, man) for (strategy, size), man in sets.items()]
+    if not a.no_distill:
+        # then the distillation runs, --jobs at a time (each one process, one thread): seed by seed, and
+        # curated next to random of the same size, so concurrent runs rarely compute the same teacher views
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(r: tuple) -> dict:
             t0 = time.perf_counter()
-            rows.append(distill_one(a, seed, strategy, size, man, out))
-            print(f"seed {seed} {strategy} {size}: student acc {rows[-1]['student_acc']} "
+            row = distill_one(a, *r, out)
+            print(f"seed {r[0]} {r[1]} {r[2]}: student acc {row['student_acc']} "
                   f"({time.perf_counter() - t0:.0f} s, load {_load()})", flush=True)
+            return row
+
+        with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+            rows = list(pool.map(one, runs))
     timings["total"] = time.perf_counter() - t_all
     (out / "timings.json").write_text(json.dumps({**timings, "load_average_end": _load()}, indent=1))
     if rows:
