@@ -24,14 +24,18 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.benchmark import BenchmarkResult
+from transferkit.benchmark.baselines import BASELINES
 from transferkit.benchmark.uncertainty import mean_interval, metric_samples
 from transferkit.consensus import CONSENSUS_AGGREGATION, CONSENSUS_METHODS
-from transferkit.lodo import Rule, Task, bootstrap_mean_interval, candidate_rules, leave_one_dataset_out
+from transferkit.lodo import (Rule, Task, bootstrap_mean_interval, candidate_rules, evaluate_rules,
+                             leave_one_dataset_out)
 from transferkit.reporting import atomic_write_text, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 #: ITM is left out of the pool: 6 s per task (the default must stay within seconds) and seed-dependent.
-EXCLUDED_FROM_POOL = ("itm", "consensus")
+#: The report's baselines (random, params, source_accuracy) are not candidates either: rank has no such method,
+#: and source_accuracy does not score every model. params is shown as a fixed row for comparison.
+EXCLUDED_FROM_POOL = ("itm", "consensus", *BASELINES)
 
 
 def load_tasks(paths: list[Path]) -> list[Task]:
@@ -118,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in pool:
         add(m, "fixed single method", [out.table[Rule((m,))][t.name] for t in tasks], "",
             {t.name: Rule((m,)) for t in tasks})
+    if "params" in common:
+        base = evaluate_rules([Rule(("params",))], tasks)[Rule(("params",))]
+        add("params (static baseline: backbone size)", "fixed baseline", [base[t.name] for t in tasks], "",
+            {t.name: Rule(("params",)) for t in tasks})
     seen = set()
     for fam in ("top_k", "consensus", "single"):
         r = out.chosen_on_all.get(fam)
