@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in pool:
         add(m, "fixed single method", [out.table[Rule((m,))][t.name] for t in tasks], "",
             {t.name: Rule((m,)) for t in tasks})
+    if "consensus" in common:  # the shipped default as rank computes it (uninformative methods left out)
+        cur = evaluate_rules([Rule(("consensus",))], tasks)[Rule(("consensus",))]
+        add(f"consensus: the current default, {CONSENSUS_AGGREGATION}({'+'.join(CONSENSUS_METHODS)}) as rank computes "
+            "it", "fixed (chosen earlier)", [cur[t.name] for t in tasks], "", {t.name: Rule(("consensus",)) for t in tasks})
     if "params" in common:
         base = evaluate_rules([Rule(("params",))], tasks)[Rule(("params",))]
         add("params (static baseline: backbone size)", "fixed baseline", [base[t.name] for t in tasks], "",
