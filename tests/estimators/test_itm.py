@@ -266,6 +266,7 @@ def test_invariant_to_label_renaming():
         {"lam": 0.0},
         {"n_splits": 3},
         {"split": "kfold", "n_splits": 5},
+        {"split": "auto"},
         {"score_reading": "mean_acc"},
     ],
 )
@@ -314,6 +315,22 @@ def test_repeated_splits_average_single_splits():
     mean = fit(X, y, score_reading="mean_acc")
     assert mean.score_ == mean.components_["itm_mean_val_acc"] <= mean.components_[
         "itm_best_val_acc"]
+
+
+def test_auto_split_uses_folds_only_when_validation_is_small():
+    """split='auto': 5 folds while the 4:1 split would validate on < kfold_below_n_val samples."""
+    X, y = clusters(30, 4, 10, 0.5, seed=3)  # 120 samples: a 4:1 split validates on 24
+    auto = fit(X, y, random_state=5, split="auto")
+    folds = fit(X, y, random_state=5, split="kfold", n_splits=5)
+    assert auto.components_["itm_n_splits"] == 5 and auto.components_["itm_n_val"] == pytest.approx(24.0)
+    assert auto.score_ == folds.score_
+    big = fit(X, y, random_state=5, split="auto", kfold_below_n_val=24)  # 24 is not below 24
+    one = fit(X, y, random_state=5)
+    assert big.components_["itm_n_splits"] == 1 and big.score_ == one.score_
+    est = get_estimator("itm", split="auto")
+    assert est.split_plan(5000) == ("repeated", 1) and est.split_plan(2495) == ("kfold", 5)
+    with pytest.raises(ValueError, match="kfold_below_n_val"):
+        fit(X, y, kfold_below_n_val=-1)
 
 
 def test_stratified_folds_cover_each_sample_once():

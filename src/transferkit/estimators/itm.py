@@ -19,7 +19,8 @@ the normalisation of C (`dca_norm`: the spectral normalisation reduces to the ap
 per √D by default, "class_separation" for an η that follows the class structure, "raw" as printed;
 `eta_anchor`, `dispersion_anchor`), λ (`lam`: "eta" reads §3.4 "λ ... is controlled by C with η";
 0 lets L_pc act only through Eq. 7), the splits (`n_splits`, `split`: repeated 4:1 or k-fold,
-averaged), what is read off the validation checks (`score_reading`: best accuracy, mean accuracy,
+averaged, or "auto": 5-fold when the 4:1 split would validate on fewer than `kfold_below_n_val`
+samples), what is read off the validation checks (`score_reading`: best accuracy, mean accuracy,
 or the tie-free log-likelihood; `itm_saturated` flags a score at its 1.0 ceiling), how validation
 batches are evolved (`val_evolution`: by default with one DCA step on the
 *training* split, so validation labels are never used), what ψ is and how it starts (`psi`,
@@ -75,7 +76,7 @@ def __dir__() -> list[str]:
 _STANDARDIZE = ("feature", "global", "none")
 _DCA_NORM = ("spectral", "frobenius", "trace")
 _DISPERSION_UNITS = ("class_separation", "per_sqrt_dim", "raw")
-_SPLIT = ("repeated", "kfold")
+_SPLIT = ("repeated", "kfold", "auto")
 _SCORE_READING = ("best_acc", "mean_acc", "loglik")
 _VAL_EVOLUTION = ("train_step", "none", "self_labels")
 _PSI = ("linear", "affine")
@@ -275,6 +276,7 @@ class ITM(TransferabilityEstimator):
         "itm_val_loglik",
         "itm_saturated",
         "itm_n_val",
+        "itm_n_splits",
         "itm_eta",
         "itm_dispersion",
         "itm_lambda",
@@ -291,9 +293,12 @@ class ITM(TransferabilityEstimator):
             "eval_every": 100,  # §4.2
             "val_fraction": 0.2,  # 4:1 split, §4.2
             # how many splits the score is averaged over: "repeated" 4:1 splits, or "kfold"
-            # (k = n_splits folds, each validated once; val_fraction is then 1/k)
+            # (k = n_splits folds, each validated once; val_fraction is then 1/k), or "auto":
+            # k-fold with k = 1/val_fraction (5) when the 4:1 split would validate on fewer than
+            # `kfold_below_n_val` samples (a noisy score: docs/itm.md), else `n_splits` 4:1 splits
             "n_splits": 1,
             "split": "repeated",
+            "kfold_below_n_val": 500,
             # what is read off the validation checks: "best_acc" (§4.2: best accuracy over the
             # checks), "mean_acc" (accuracy averaged over the checks), "loglik" (best mean
             # log-likelihood of the true class over the checks: tie-free)
@@ -321,6 +326,9 @@ class ITM(TransferabilityEstimator):
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"itm: {key} must be a positive integer; got {v!r}")
+        kb = p["kfold_below_n_val"]
+        if isinstance(kb, bool) or not isinstance(kb, (int, np.integer)) or kb < 0:
+            raise ValueError(f"itm: kfold_below_n_val must be an integer >= 0; got {kb!r}")
         if p["split"] == "kfold" and int(p["n_splits"]) < 2:
             raise ValueError(f"itm: split='kfold' needs n_splits >= 2; got {p['n_splits']!r}")
         if not (0.0 < float(p["val_fraction"]) < 1.0):
@@ -369,6 +377,15 @@ class ITM(TransferabilityEstimator):
             threads=None if p["threads"] is None else int(p["threads"]),
         )
 
+    def split_plan(self, n: int) -> tuple[str, int]:
+        """``("kfold" | "repeated", k)``: how `n` samples are split (resolves ``split="auto"``)."""
+        p = self.params
+        if p["split"] == "auto":
+            if round(n * float(p["val_fraction"])) < int(p["kfold_below_n_val"]):
+                return "kfold", max(2, round(1.0 / float(p["val_fraction"])))
+            return "repeated", int(p["n_splits"])
+        return str(p["split"]), int(p["n_splits"])
+
     def _splits(
         self, y: np.ndarray, rng: np.random.Generator
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -378,8 +395,8 @@ class ITM(TransferabilityEstimator):
         `n_splits=1` draws exactly what a single split always drew.
         """
         p = self.params
-        k = int(p["n_splits"])
-        if p["split"] == "kfold":
+        split, k = self.split_plan(len(y))
+        if split == "kfold":
             fold = stratified_folds(y, k, rng)
             for f in range(k):
                 va = np.flatnonzero(fold == f)
@@ -436,6 +453,7 @@ class ITM(TransferabilityEstimator):
             "itm_val_loglik": float(np.mean(best_ll)),
             "itm_saturated": float(saturated),
             "itm_n_val": float(np.mean(n_val)),
+            "itm_n_splits": float(len(n_val)),
             "itm_eta": eta,
             "itm_dispersion": dispersion,
             "itm_lambda": st.lam,
