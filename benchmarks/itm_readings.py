@@ -47,7 +47,7 @@ OUT = REPO / "benchmarks" / "results" / "itm_readings"
 _BEFORE = {"dispersion_units": "per_sqrt_dim", "dispersion_anchor": 1.0, "eta_anchor": 0.5, "lam": "eta",
            "dca_norm": "spectral", "n_splits": 1, "split": "repeated", "score_reading": "best_acc"}
 CONFIGS: dict[str, dict[str, Any]] = {
-    "default": dict(_BEFORE),  # the library default: per-√D dispersion, λ = η, spectral, 1 split, best_acc
+    "default": dict(_BEFORE),  # the paper's reading, the library default until 2026-12-02 (now split="auto", mean_acc)
     "eta_classsep": {**_BEFORE, "dispersion_units": "class_separation"},
     "eta_raw_zoo": {**_BEFORE, "dispersion_units": "raw"},  # dispersion_anchor = the zoo's median, per task
     "eta_fixed": {**_BEFORE, "adaptive_eta": False},  # η = 0.5 for every model (Table 2's ablation)

@@ -302,8 +302,9 @@ def test_lambda_zero_drops_the_explicit_pc_term():
 
 def test_repeated_splits_average_single_splits():
     X, y = clusters(30, 4, 10, 0.5, seed=3)
-    one = fit(X, y, random_state=5)
-    three = fit(X, y, random_state=5, n_splits=3)
+    paper = {"split": "repeated", "score_reading": "best_acc"}
+    one = fit(X, y, random_state=5, **paper)
+    three = fit(X, y, random_state=5, n_splits=3, **paper)
     # the first of the repeated splits is the single split: same random stream
     assert three.components_["itm_n_val"] == one.components_["itm_n_val"] == 24
     assert 0.0 <= three.score_ <= 1.0
@@ -320,14 +321,14 @@ def test_repeated_splits_average_single_splits():
 def test_auto_split_uses_folds_only_when_validation_is_small():
     """split='auto': 5 folds while the 4:1 split would validate on < kfold_below_n_val samples."""
     X, y = clusters(30, 4, 10, 0.5, seed=3)  # 120 samples: a 4:1 split validates on 24
-    auto = fit(X, y, random_state=5, split="auto")
+    auto = fit(X, y, random_state=5)  # the default
     folds = fit(X, y, random_state=5, split="kfold", n_splits=5)
     assert auto.components_["itm_n_splits"] == 5 and auto.components_["itm_n_val"] == pytest.approx(24.0)
     assert auto.score_ == folds.score_
     big = fit(X, y, random_state=5, split="auto", kfold_below_n_val=24)  # 24 is not below 24
-    one = fit(X, y, random_state=5)
+    one = fit(X, y, random_state=5, split="repeated")
     assert big.components_["itm_n_splits"] == 1 and big.score_ == one.score_
-    est = get_estimator("itm", split="auto")
+    est = get_estimator("itm")
     assert est.split_plan(5000) == ("repeated", 1) and est.split_plan(2495) == ("kfold", 5)
     with pytest.raises(ValueError, match="kfold_below_n_val"):
         fit(X, y, kfold_below_n_val=-1)
