@@ -122,14 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     for m in pool:
         add(m, "fixed single method", [out.table[Rule((m,))][t.name] for t in tasks], "",
             {t.name: Rule((m,)) for t in tasks})
-    if "consensus" in common:  # the shipped default as rank computes it (uninformative methods left out)
-        cur = evaluate_rules([Rule(("consensus",))], tasks)[Rule(("consensus",))]
-        add(f"consensus: the current default, {CONSENSUS_AGGREGATION}({'+'.join(CONSENSUS_METHODS)}) as rank computes "
-            "it", "fixed (chosen earlier)", [cur[t.name] for t in tasks], "", {t.name: Rule(("consensus",)) for t in tasks})
-    if "params" in common:
-        base = evaluate_rules([Rule(("params",))], tasks)[Rule(("params",))]
-        add("params (static baseline: backbone size)", "fixed baseline", [base[t.name] for t in tasks], "",
-            {t.name: Rule(("params",)) for t in tasks})
+    fixed = {  # outside the pool, shown for comparison: the shipped default as rank computes it, and a baseline
+        "consensus": (f"consensus: the current default, {CONSENSUS_AGGREGATION}({'+'.join(CONSENSUS_METHODS)}) "
+                      "as rank computes it", "fixed (chosen earlier)"),
+        "params": ("params (static baseline: backbone size)", "fixed baseline"),
+    }
+    for name, (label, kind) in fixed.items():
+        if name in common:
+            rule = Rule((name,))
+            per_task = evaluate_rules([rule], tasks)[rule]
+            add(label, kind, [per_task[t.name] for t in tasks], "", {t.name: rule for t in tasks})
     seen = set()
     for fam in ("top_k", "consensus", "single"):
         r = out.chosen_on_all.get(fam)

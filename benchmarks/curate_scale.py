@@ -96,6 +96,11 @@ def child_embed(n: int, work: Path, threads: int) -> dict:
             "torch_threads": threads}
 
 
+def _recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean share of each query's exact top-k that the approximate search returned."""
+    return float(np.mean([len(np.intersect1d(a, e)) / k for a, e in zip(found, exact)]))
+
+
 def child_index(n: int, dim: int, work: Path, train: int, nq: int, k: int, nprobe: int, m: int,
                 threads: int, sweep: list[int] | None = None) -> dict:
     import faiss
@@ -157,7 +162,7 @@ def child_index(n: int, dim: int, work: Path, train: int, nq: int, k: int, nprob
         t0 = time.perf_counter()
         _, ia = idx.search(q, k)
         qs = time.perf_counter() - t0
-        rec = float(np.mean([len(np.intersect1d(a, e)) / k for a, e in zip(ia, ie)]))
+        rec = _recall(ia, ie, k)
         size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
         out[tag] = {"build_s": round(build, 1), "rss_growth_build_mib": round(r1 - r0, 1), "save_s": round(save, 2),
                     "load_s": round(load, 2), "qps": round(nq / qs, 1), f"recall@{k}": round(rec, 4),
@@ -171,7 +176,7 @@ def child_index(n: int, dim: int, work: Path, train: int, nq: int, k: int, nprob
                 t0 = time.perf_counter()
                 _, ia = idx.search(q, k)
                 qs = time.perf_counter() - t0
-                rec = float(np.mean([len(np.intersect1d(a, e)) / k for a, e in zip(ia, ie)]))
+                rec = _recall(ia, ie, k)
                 out["sweep"].append({"nprobe": p, "rerank": r, "qps": round(nq / qs, 1),
                                      f"recall@{k}": round(rec, 4), "recall@1": round(float(np.mean(ia[:, 0] == ie[:, 0])), 4)})
             idx.cfg = cfg

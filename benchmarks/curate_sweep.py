@@ -98,6 +98,17 @@ def write_gallery(out: Path, seed: int, shots: int, per_class_cap: int | None, p
     return pats
 
 
+def set_path(out: Path, seed: int, strategy: str, size: int) -> Path:
+    """Manifest of one transfer set (``size`` -1: the whole gallery)."""
+    name = "whole_gallery" if size < 0 else f"{strategy}_{size}"
+    return out / "sets" / f"seed{seed}" / f"{name}.csv"
+
+
+def run_dir(out: Path, seed: int, strategy: str, size: int) -> Path:
+    """Folder of one distillation run (``size`` -1: the whole gallery)."""
+    return out / "runs" / f"seed{seed}_{strategy}_{size if size > 0 else 'all'}"
+
+
 def curate_sets(args, seed: int, gallery: list[str], out: Path) -> dict[tuple[str, int], Path]:
     """Curated and random manifests of every size for one seed (kept; reused on re-runs)."""
     from transferkit.curate.crops import CropGrid
@@ -107,7 +118,7 @@ def curate_sets(args, seed: int, gallery: list[str], out: Path) -> dict[tuple[st
     sets = {}
     for size in args.sizes:
         for strategy in ("balanced", "random"):
-            man = out / "sets" / f"seed{seed}" / f"{strategy}_{size}.csv"
+            man = set_path(out, seed, strategy, size)
             if not man.exists():
                 man.parent.mkdir(parents=True, exist_ok=True)
                 cfg = CurateConfig(queries=str(EUROSAT), gallery=gallery, budget=size * S, model=args.model,
@@ -123,7 +134,7 @@ def curate_sets(args, seed: int, gallery: list[str], out: Path) -> dict[tuple[st
                 print(f"seed {seed} {strategy} {size}: {len(r.rows)} crops in {time.perf_counter() - t0:.0f} s "
                       f"(leakage guard: {r.report['leakage_guard']}) load {_load()}", flush=True)
             sets[(strategy, size)] = man
-    whole = out / "sets" / f"seed{seed}" / "whole_gallery.csv"
+    whole = set_path(out, seed, "whole", -1)
     if not whole.exists():
         whole_gallery_manifest(gallery, whole)
     sets[("whole", -1)] = whole
@@ -153,7 +164,7 @@ def whole_gallery_manifest(gallery: list[str], path: Path) -> Path:
 
 
 def distill_one(args, seed: int, strategy: str, size: int, manifest: Path, out: Path) -> dict:
-    run = out / "runs" / f"seed{seed}_{strategy}_{size if size > 0 else 'all'}"
+    run = run_dir(out, seed, strategy, size)
     res = run / "results.json"
     if not res.exists():
         run.mkdir(parents=True, exist_ok=True)
@@ -267,12 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     if a.summary_only:  # the table and plot of the finished runs (e.g. part-way through the experiment)
         for seed in a.seeds:
-            for size in a.sizes:
-                for strategy in ("balanced", "random"):
-                    runs.append((seed, strategy, size, out / "sets" / f"seed{seed}" / f"{strategy}_{size}.csv"))
-            runs.append((seed, "whole", -1, out / "sets" / f"seed{seed}" / "whole_gallery.csv"))
-        rows = [distill_one(a, *r, out) for r in runs
-                if (out / "runs" / f"seed{r[0]}_{r[1]}_{r[2] if r[2] > 0 else 'all'}" / "results.json").exists()]
+            keys = [(st, size) for size in a.sizes for st in ("balanced", "random")] + [("whole", -1)]
+            runs += [(seed, st, size, set_path(out, seed, st, size)) for st, size in keys]
+        rows = [distill_one(a, *r, out) for r in runs if (run_dir(out, *r[:3]) / "results.json").exists()]
         if not rows:
             print("no finished run yet", file=sys.stderr)
             return 1
