@@ -105,3 +105,5 @@ def test_auto_and_fallback(gallery: tuple, monkeypatch: pytest.MonkeyPatch) -> N
     assert isinstance(idx, ExactIndex)
     with pytest.raises(ValueError, match="index kind"):
         IndexConfig(kind="hnsw")
+    with pytest.raises(ValueError, match="rerank"):
+        IndexConfig(rerank=-1)

@@ -56,7 +56,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--nprobe", type=int, default=32, show_default=True,
               help="IVF lists searched per query (more: better recall, slower).")
 @click.option("--pq-m", type=int, default=32, show_default=True, help="IVF-PQ bytes per vector.")
-@click.option("--rerank", type=int, default=4, show_default=True,
+@click.option("--rerank", type=click.IntRange(min=1), default=4, show_default=True,
               help="IVF-PQ: re-rank the top k x this many by exact cosine (1: off; more: better recall@k, slower).")
 @click.option("--index-path", help="Save the built index in this folder and reuse it while the gallery is unchanged.")
 @click.option("--ondisk", is_flag=True, default=None,

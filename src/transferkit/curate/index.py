@@ -86,6 +86,8 @@ class IndexConfig:
             raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
         if isinstance(self.gpu, str) and self.gpu not in ("auto", "true", "false"):
             raise ValueError("gpu must be auto, true or false")
+        if isinstance(self.rerank, bool) or not isinstance(self.rerank, int) or self.rerank < 0:
+            raise ValueError(f"index rerank must be an integer >= 0 (0 or 1: off), got {self.rerank!r}")
 
 
 # ------------------------------------------------------------------------------------------------
