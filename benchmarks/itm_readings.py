@@ -219,6 +219,7 @@ def summarize(out: Path, seeds: list[int]) -> dict[str, Any]:
                 print(f"  {t}: no bootstrap ({exc})")
 
     rows: dict[str, dict[str, Any]] = {}
+    samples: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # (reading, task) -> bootstrap draws
     for c in configs:
         for reading, key in READINGS.items():
             name = f"{c}/{reading}"
@@ -248,6 +249,7 @@ def summarize(out: Path, seeds: list[int]) -> dict[str, Any]:
                     if t in boot:
                         tw = np.mean([metric_samples(v, boot[t], "weighted_tau_scipy") for v in vecs], axis=0)
                         rg = np.mean([metric_samples(v, boot[t], "regret") for v in vecs], axis=0)
+                        samples[(name, t)] = (tw, rg)
                         entry["tau_w_ci"] = [float(np.percentile(tw, 2.5)), float(np.percentile(tw, 97.5))]
                         entry["regret_ci"] = [float(np.percentile(rg, 2.5)), float(np.percentile(rg, 97.5))]
                 per_task[t] = entry
@@ -276,6 +278,11 @@ def summarize(out: Path, seeds: list[int]) -> dict[str, Any]:
                     v = {m: r["models"][m][READINGS[name.split("/")[1]]] for m in zoo}
                     vals.append(_metrics(v, gt[t]["acc"]))
                 by_seed.append((statistics.mean(x for x, _ in vals), statistics.mean(x for _, x in vals)))
+            if all((name, t) in samples for t in gt_tasks):  # interval of the task-mean over test images
+                tw = np.mean([samples[(name, t)][0] for t in gt_tasks], axis=0)
+                rg = np.mean([samples[(name, t)][1] for t in gt_tasks], axis=0)
+                s["mean_tau_w_ci"] = [float(np.percentile(tw, 2.5)), float(np.percentile(tw, 97.5))]
+                s["mean_regret_ci"] = [float(np.percentile(rg, 2.5)), float(np.percentile(rg, 97.5))]
             s["mean_tau_w_by_seed"] = [x for x, _ in by_seed]
             s["mean_regret_by_seed"] = [x for _, x in by_seed]
         s["mean_seconds"] = statistics.mean(e["seconds"] for e in per_task.values()) if per_task else math.nan
@@ -395,15 +402,20 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
              "task, averaged over tasks, on the loaded 2-core machine.", "",
              "Columns 'avg' score each model by its score averaged over the seeds (= the repeated 4:1 split "
              "estimator with that many splits; one draw, so no spread).", "",
-             "| reading | mean τw | ± | mean regret | ± | τw avg | regret avg | seed-to-seed Kendall τ | "
+             "Intervals [..]: 95 % bootstrap over the test images of every task (the fine-tuning's per-image "
+             "records), of the task-mean of the seed-averaged metric.", "",
+             "| reading | mean τw | ± | [95 % CI] | mean regret | ± | [95 % CI] | τw avg | regret avg | seed-to-seed Kendall τ | "
              "s / zoo | " + " | ".join(f"{t} τw / regret" for t in gt_tasks) + " |",
-             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(gt_tasks)]
+             "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(gt_tasks)]
     for name, s in sorted(summary["readings"].items(), key=lambda kv: -kv[1].get("mean_tau_w", -9)):
         if "mean_tau_w" not in s:
             continue
         cells = [f"{s['per_task'][t]['tau_w']:+.2f} / {s['per_task'][t]['regret']:.1f}" for t in gt_tasks]
+        tci, rci = s.get("mean_tau_w_ci", [math.nan] * 2), s.get("mean_regret_ci", [math.nan] * 2)
         lines.append(f"| {name} | {s['mean_tau_w']:+.3f} | {statistics.pstdev(s['mean_tau_w_by_seed']):.3f} | "
+                     f"[{tci[0]:+.2f}, {tci[1]:+.2f}] | "
                      f"{s['mean_regret']:.2f} | {statistics.pstdev(s['mean_regret_by_seed']):.2f} | "
+                     f"[{rci[0]:.2f}, {rci[1]:.2f}] | "
                      f"{s['mean_tau_w_avg']:+.3f} | {s['mean_regret_avg']:.2f} | "
                      f"{s['mean_seed_kendall']:.2f} | {s['mean_seconds']:.1f} | " + " | ".join(cells) + " |")
     if summary.get("lodo"):
