@@ -22,10 +22,11 @@ from .estimators import get_estimator, score_zoo
 __all__ = ["ZooFeatures", "MethodResult", "RankResults", "load_feature_file", "rank_zoo", "read_ground_truth",
            "DEFAULT_METHODS"]
 
-#: The six best single methods out of sample on the offline benchmark (docs/recommend.md), all fast (about
-#: 2 s together for 10 models at N=400); the consensus ingredients (LEEP, PARC, ETran) are among them.
-#: Left out: LogME and SFDA (weak here; SFDA saturates; LogME is dimension-biased when N < D) and ITM (6 s).
-DEFAULT_METHODS = ("parc", "leep", "etran", "knn1", "ncti", "nleep")
+#: The consensus ingredients (PARC, LEEP, ETran) plus the two single methods with the best mean tau_w on the
+#: 10-task offline benchmark (linear_probe, also the best on top-1 regret, and hscore_shrinkage;
+#: docs/recommend.md): about 6 s together for 10 models at N=400. Left out: NLEEP (3 s, tau_w 0.42), LogME and
+#: SFDA (weak here; SFDA saturates; LogME is dimension-biased when N < D) and ITM (15-60 s at small N: 5 folds).
+DEFAULT_METHODS = ("parc", "leep", "etran", "linear_probe", "hscore_shrinkage")
 
 
 @dataclass
