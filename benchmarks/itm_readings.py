@@ -195,7 +195,7 @@ def _metrics(scores: dict[str, float], acc: dict[str, float]) -> tuple[float, fl
 
 
 def summarize(out: Path, seeds: list[int]) -> dict[str, Any]:
-    from transferkit.benchmark.uncertainty import bootstrap_ground_truth, load_records, metric_samples
+    from transferkit.benchmark.uncertainty import _percentiles, bootstrap_ground_truth, load_records, metric_samples
     from transferkit.metrics import kendall_tau
 
     files = sorted((out / "scores").glob("*.json"))
@@ -250,8 +250,8 @@ def summarize(out: Path, seeds: list[int]) -> dict[str, Any]:
                         tw = np.mean([metric_samples(v, boot[t], "weighted_tau_scipy") for v in vecs], axis=0)
                         rg = np.mean([metric_samples(v, boot[t], "regret") for v in vecs], axis=0)
                         samples[(name, t)] = (tw, rg)
-                        entry["tau_w_ci"] = [float(np.percentile(tw, 2.5)), float(np.percentile(tw, 97.5))]
-                        entry["regret_ci"] = [float(np.percentile(rg, 2.5)), float(np.percentile(rg, 97.5))]
+                        entry["tau_w_ci"] = list(_percentiles(tw, 0.95))
+                        entry["regret_ci"] = list(_percentiles(rg, 0.95))
                 per_task[t] = entry
             rows[name] = per_task
 
@@ -281,8 +281,8 @@ def summarize(out: Path, seeds: list[int]) -> dict[str, Any]:
             if all((name, t) in samples for t in gt_tasks):  # interval of the task-mean over test images
                 tw = np.mean([samples[(name, t)][0] for t in gt_tasks], axis=0)
                 rg = np.mean([samples[(name, t)][1] for t in gt_tasks], axis=0)
-                s["mean_tau_w_ci"] = [float(np.percentile(tw, 2.5)), float(np.percentile(tw, 97.5))]
-                s["mean_regret_ci"] = [float(np.percentile(rg, 2.5)), float(np.percentile(rg, 97.5))]
+                s["mean_tau_w_ci"] = list(_percentiles(tw, 0.95))
+                s["mean_regret_ci"] = list(_percentiles(rg, 0.95))
             s["mean_tau_w_by_seed"] = [x for x, _ in by_seed]
             s["mean_regret_by_seed"] = [x for _, x in by_seed]
         s["mean_seconds"] = statistics.mean(e["seconds"] for e in per_task.values()) if per_task else math.nan
