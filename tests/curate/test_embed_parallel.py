@@ -93,6 +93,13 @@ def _forked_rank(rank: int, spec: str, tar: str, cache: str, out: str, port: int
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     sys.argv = ["worker", spec, tar, cache, out]
+    if rank == 1:  # a slow reader: rank 0 must not delete a shard's cache entry before rank 1 has read it
+        import time
+
+        from transferkit.features.cache import CacheEntry
+
+        real_load = CacheEntry.load
+        CacheEntry.load = lambda self: time.sleep(0.3) or real_load(self)  # type: ignore[method-assign]
     try:
         exec(compile(WORKER, "worker", "exec"), {"__name__": "__worker__"})
     finally:

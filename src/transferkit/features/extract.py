@@ -552,6 +552,7 @@ def _share_result(ctx: DistContext, entry: CacheEntry, fs: FeatureSet | None, ca
         visible = ctx.all_gather(ctx.is_main or entry.is_complete())
         if all(visible):
             fs = fs if ctx.is_main else entry.load()
+            ctx.barrier()  # every rank has read the entry before rank 0 returns (its caller may delete it)
         else:
             sent = ctx.broadcast(fs)
             if not ctx.is_main and not entry.is_complete():  # a private cache: rank 0 holds the chunks now
