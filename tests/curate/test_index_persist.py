@@ -59,3 +59,40 @@ def test_ondisk_needs_a_path(gallery) -> None:
     g, _ = gallery
     with pytest.raises(ValueError, match="need an index path"):
         build_index(g, IndexConfig(kind="ivfpq", nlist=8, m=8, ondisk=True, threads=1))
+
+
+def _rank_builds(rank: int, g: GalleryEmbeddings, cfg: IndexConfig, q: np.ndarray, out: str, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    if rank == 1:  # the other ranks must load what rank 0 saved, never build into the same folder
+        def refuse(*a, **k):
+            raise AssertionError("rank 1 built the index instead of loading rank 0's")
+        FaissIndex.__init__ = refuse  # type: ignore[method-assign]
+    try:
+        np.save(f"{out}/rank{rank}.npy", build_index(g, cfg).search(q, 10)[1])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_two_ranks_share_one_saved_index(gallery, tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g, x = gallery
+    q = x[:50] + 0.01
+    cfg = IndexConfig(kind="ivfpq", nlist=16, nprobe=4, m=8, train_size=2000, block=500, threads=1,
+                      path=str(tmp_path / "idx"), ondisk=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_rank_builds, args=(g, cfg, q, str(tmp_path), port), nprocs=2, start_method="fork", join=True)
+    r0, r1 = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
+    assert np.array_equal(r0, r1)
+    assert np.array_equal(r0, FaissIndex.load(tmp_path / "idx", g, cfg).search(q, 10)[1])
+    assert not (tmp_path / "idx" / "parts").exists()

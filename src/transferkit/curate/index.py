@@ -369,7 +369,21 @@ def build_index(gallery: GalleryEmbeddings, cfg: IndexConfig | None = None, prog
                       "(pip install 'transferkit[retrieval]' for IVF / IVF-PQ and faster search)",
                       RuntimeWarning, stacklevel=2)
         return ExactIndex(gallery, block=cfg.block)
-    if cfg.path and (Path(cfg.path) / FaissIndex.META_FILE).is_file():
+    if cfg.path:
+        from ..features.distributed import dist_context
+
+        ctx = dist_context()
+        if ctx.active:  # under torchrun the ranks share the folder: rank 0 builds and saves, the others load it
+            index = _saved_or_built(gallery, kind, cfg, progress) if ctx.is_main else None
+            ctx.barrier()
+            return index if index is not None else _saved_or_built(gallery, kind, cfg, progress=False)
+        return _saved_or_built(gallery, kind, cfg, progress)
+    return FaissIndex(gallery, kind, cfg, progress=progress)
+
+
+def _saved_or_built(gallery: GalleryEmbeddings, kind: str, cfg: IndexConfig, progress: bool) -> FaissIndex:
+    """The index saved at ``cfg.path`` when it was built from ``gallery`` as ``kind``, else a new one saved there."""
+    if (Path(cfg.path) / FaissIndex.META_FILE).is_file():
         try:
             idx = FaissIndex.load(cfg.path, gallery, cfg)
             if idx.kind == kind:
@@ -377,8 +391,7 @@ def build_index(gallery: GalleryEmbeddings, cfg: IndexConfig | None = None, prog
         except ValueError:  # built from other embeddings: rebuild over it
             pass
     index = FaissIndex(gallery, kind, cfg, progress=progress)
-    if cfg.path:
-        index.save(cfg.path)
+    index.save(cfg.path)
     return index
 
 

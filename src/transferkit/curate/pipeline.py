@@ -405,10 +405,12 @@ def curate(cfg: CurateConfig) -> CurationResult:
     from ..features.distributed import dist_context
 
     out = Path(cfg.out)
-    if dist_context().is_main:  # under torchrun every rank selects the same set; rank 0 writes it
+    ctx = dist_context()
+    if ctx.is_main:  # under torchrun every rank selects the same set; rank 0 writes it
         out = write_manifest(cfg.out, rows, meta)
         write_json(Path(out).with_suffix(".report.json"), report)
-    return CurationResult(Path(out), rows, sel, report)
+    out = Path(ctx.broadcast(str(out)))  # the path written (it may gain a suffix), once it exists for every rank
+    return CurationResult(out, rows, sel, report)
 
 
 def _rows(sel: Selection, gallery: GalleryEmbeddings, gsets: list[ImageDataset], grid: CropGrid,
