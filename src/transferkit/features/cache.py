@@ -100,10 +100,15 @@ class CacheEntry:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def open(self, n_items: int, doc: dict[str, Any]) -> None:
-        """Create the entry, or reuse the chunks of an earlier run of the same key and item count."""
+    def create_dir(self) -> None:
+        """The entry's folder, without touching what is in it (a torchrun rank other than 0 writes chunks
+        there; only rank 0 decides which chunks count)."""
         with output_errors(self.path, any_errno=True):  # read-only or not permitted: one line naming the folder
             self.path.mkdir(parents=True, exist_ok=True)
+
+    def open(self, n_items: int, doc: dict[str, Any]) -> None:
+        """Create the entry, or reuse the chunks of an earlier run of the same key and item count."""
+        self.create_dir()
         meta = self.read_meta()
         if meta is not None and meta.get("n_items") == n_items:
             self._adopt_legacy_chunks(int(meta.get("chunk_size") or 0), n_items)

@@ -480,8 +480,8 @@ def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext,
             gaps = intersect_spans(gaps, positions)
         plan = (len(pieces), _work_units(gaps, bs, chunk_size))
     from_cache, units = ctx.broadcast(plan)
-    if not ctx.is_main:
-        entry.open(n, doc)
+    if not ctx.is_main:  # not open(): on a shared file system that lags, it could delete rank 0's new chunks
+        entry.create_dir()
     mine = units[ctx.rank::ctx.world]
     try:
         with _sigterm_interrupts():
