@@ -200,9 +200,19 @@ def summarise(rows: list[dict], out: Path) -> str:
     lines = ["| transfer set | images' worth | crops | student acc (mean ± std) | seeds |", "|---|---|---|---|---|"]
     crops = df.groupby(["strategy", "size_images"], sort=False)["crops"].mean()
     for _, r in summ.iterrows():
+        spread = f" ± {100 * r['std']:.1f}" if r["count"] > 1 else " (one seed)"
         lines.append(f"| {r['strategy']} | {r['size_images']} | {crops[(r['strategy'], r['size_images'])]:.0f} | "
-                     f"{100 * r['mean']:.1f} ± {100 * (r['std'] if r['count'] > 1 else float('nan')):.1f} | "
-                     f"{int(r['count'])} |")
+                     f"{100 * r['mean']:.1f}{spread} | {int(r['count'])} |")
+    # the experiment's question, paired by seed: curated minus random at each size (same gallery, same teacher)
+    wide = df[df["strategy"].isin(["balanced", "random"])].pivot_table(
+        index=["size_images", "seed"], columns="strategy", values="student_acc")
+    if {"balanced", "random"} <= set(wide.columns):
+        diff = (100 * (wide["balanced"] - wide["random"])).dropna()
+        lines += ["", "| images' worth | curated − random, points, per seed | mean ± std | seeds |", "|---|---|---|---|"]
+        for size, d in diff.groupby(level="size_images"):
+            per_seed = ", ".join(f"{v:+.1f} (seed {k[1]})" for k, v in d.items())
+            spread = f" ± {d.std():.1f}" if len(d) > 1 else ""
+            lines.append(f"| {size} | {per_seed} | {d.mean():+.1f}{spread} | {len(d)} |")
     table = "\n".join(lines)
     (out / "summary.md").write_text(table + "\n")
     import matplotlib
