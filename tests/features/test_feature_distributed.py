@@ -115,3 +115,62 @@ def test_two_gloo_processes_equal_single_process(setup, launcher, cache_kind):
     if cache_kind == "private":  # rank 1's chunks went to rank 0; nothing is left behind on rank 1
         (e1,) = FeatureCache(tmp / "cache-private" / "rank1").entries()
         assert not list(e1.path.glob("chunk-*")) and not e1.is_complete()
+
+
+def _failing_rank(rank: int, spec: str, data: str, cache: str, out: str, port: int) -> None:
+    """One rank of a strict run over data with a corrupt image: records what it raised, in one line."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    try:
+        extract_features(spec, data, cache_dir=cache, batch_size=3, chunk_size=3, num_workers=0, input_size=32,
+                         progress=False, strict=True)
+        outcome = "ok"
+    except Exception as exc:  # noqa: BLE001 - the test inspects what each rank raised
+        outcome = f"{type(exc).__name__}: {exc}"
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+
+
+def test_a_rank_that_fails_stops_the_other_with_its_error(setup):
+    """Strict mode, a corrupt image in rank 1's share: rank 1 raises its CorruptImageError and rank 0, instead
+    of waiting in the next collective until torchrun tears the group down, raises PeerFailedError naming it."""
+    import torch.multiprocessing as mp
+
+    tmp, spec, data = setup
+    # a/0-6 then b/0-5; units of 3: rank 0 takes [0,3) [6,9) [12,13), rank 1 [3,6) [9,12); b/2 is position 9
+    (data / "b" / "2.png").write_bytes(b"not a png")
+    out = tmp / "out"
+    out.mkdir()
+    mp.start_processes(_failing_rank, args=(spec, str(data), str(tmp / "cache"), str(out), _free_port()),
+                       nprocs=2, start_method="fork", join=True)
+    rank0, rank1 = (out / "rank0.txt").read_text(), (out / "rank1.txt").read_text()
+    assert rank1.startswith("CorruptImageError") and "2.png" in rank1, rank1
+    assert rank0.startswith("PeerFailedError: rank 1 of 2 failed: CorruptImageError") and "2.png" in rank0, rank0
+
+
+@pytest.mark.slow
+def test_torchrun_cli_failure_is_one_line_on_every_rank(setup):
+    """`torchrun ... transferkit extract --strict` with a corrupt image in rank 1's share: each rank prints
+    one `Error:` line (its own, or the peer's) and the run exits non-zero; no rank prints a traceback."""
+    import shutil
+
+    tmp, spec, data = setup
+    (data / "b" / "2.png").write_bytes(b"not a png")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "--log-dir", str(tmp / "logs"), "--redirects", "3",
+           shutil.which("transferkit"), "extract", "-m", spec, "-d", str(data), "-o", str(tmp / "feats"),
+           "--cache", str(tmp / "cache"), "--input-size", "32", "--strict", "--no-progress", "-b", "3",
+           "--chunk-size", "3", "--workers", "0"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    logs = {p.parent.name: p.read_text() for p in (tmp / "logs").rglob("stderr.log")}
+    assert set(logs) == {"0", "1"}, proc.stderr[-2000:]
+    assert "Error: rank 1 of 2 failed: CorruptImageError" in logs["0"], logs["0"]
+    assert "Error:" in logs["1"] and "2.png" in logs["1"], logs["1"]
+    assert not any("Traceback" in text for text in logs.values()), logs

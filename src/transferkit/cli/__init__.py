@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 
 import click
 
@@ -35,13 +36,19 @@ class _LazyGroup(click.Group):
         return importlib.import_module(f"{__name__}.{mod}").command
 
     def invoke(self, ctx: click.Context) -> object:
-        """Run the sub-command; a result file that cannot be written (disk full, read-only) is one line."""
+        """Run the sub-command; a result file that cannot be written (disk full, read-only) is one line, and so
+        is another torchrun rank's failure (that rank prints its own error)."""
         from ..reporting import OutputWriteError
 
         try:
             return super().invoke(ctx)
         except OutputWriteError as exc:
             raise click.ClickException(str(exc)) from exc
+        except Exception as exc:
+            peer_failed = getattr(sys.modules.get("transferkit.features.distributed"), "PeerFailedError", None)
+            if peer_failed is not None and isinstance(exc, peer_failed):  # only a process group can raise it
+                raise click.ClickException(str(exc)) from exc
+            raise
 
 
 EXAMPLES = """\b

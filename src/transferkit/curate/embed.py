@@ -28,7 +28,7 @@ import numpy as np
 from torch import nn
 
 from ..data import ImageDataset
-from ..features import FeatureCache, cache_key, extract_features, resolve_precision, select_device
+from ..features import FeatureCache, FeatureSet, cache_key, extract_features, resolve_precision, select_device
 from ..features.distributed import dist_context
 from ..models import ModelEntry, ResolvedModel, resolve_model, state_dict_digest
 from ..reporting import atomic_write_text
@@ -179,28 +179,33 @@ def embed_dataset(model: str | ModelEntry | ResolvedModel | nn.Module, ds: Image
                               distributed=distributed, progress=progress and ctx.is_main,
                               name=f"{label} [{s + 1}/{n_shards}]", **preprocess)
         done.add(s)
-        if not ctx.is_main:
-            ctx.barrier()
-            continue
-        rows = np.arange(hi - lo) if fs.indices is None else fs.indices
-        if meta["dim"] is None:
-            meta["dim"] = int(fs.dim)
-            atomic_write_text(meta_path, json.dumps(meta, indent=1, default=str))
-        emb, valid = _open_arrays(root, len(ds), int(meta["dim"]))
-        emb[lo:hi] = 0.0
-        emb[lo + rows] = normalize_rows(fs.features)
-        valid[lo:hi] = False
-        valid[lo + rows] = True
-        emb.flush()
-        valid.flush()
-        del emb, valid
-        atomic_write_text(root / "progress.json", json.dumps({"done": sorted(done)}))
-        if not keep_feature_cache and cache_dir is not None and fs.metadata.get("cache_key"):
-            shutil.rmtree(FeatureCache(cache_dir).entry(fs.metadata["cache_key"]).path, ignore_errors=True)
+        # rank 0 stores the shard; if that fails (disk full), every rank stops with the error
+        ctx.together(lambda: _store_shard(root, meta, fs, lo, hi, done, cache_dir, keep_feature_cache)
+                     if ctx.is_main else None)
         del fs
-        ctx.barrier()
     meta = ctx.broadcast(meta)  # rank 0 learnt the dimension
     return EmbeddingStore(root, key, meta)
+
+
+def _store_shard(root: Path, meta: dict[str, Any], fs: FeatureSet, lo: int, hi: int, done: set[int],
+                 cache_dir: str | Path | None, keep_feature_cache: bool) -> None:
+    """Write one shard's normalised embeddings into the store's arrays and record it as done."""
+    meta_path = root / "meta.json"
+    rows = np.arange(hi - lo) if fs.indices is None else fs.indices
+    if meta["dim"] is None:
+        meta["dim"] = int(fs.dim)
+        atomic_write_text(meta_path, json.dumps(meta, indent=1, default=str))
+    emb, valid = _open_arrays(root, int(meta["n"]), int(meta["dim"]))
+    emb[lo:hi] = 0.0
+    emb[lo + rows] = normalize_rows(fs.features)
+    valid[lo:hi] = False
+    valid[lo + rows] = True
+    emb.flush()
+    valid.flush()
+    del emb, valid
+    atomic_write_text(root / "progress.json", json.dumps({"done": sorted(done)}))
+    if not keep_feature_cache and cache_dir is not None and fs.metadata.get("cache_key"):
+        shutil.rmtree(FeatureCache(cache_dir).entry(fs.metadata["cache_key"]).path, ignore_errors=True)
 
 
 def _open_arrays(root: Path, n: int, dim: int) -> tuple[np.memmap, np.memmap]:

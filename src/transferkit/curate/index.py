@@ -374,8 +374,7 @@ def build_index(gallery: GalleryEmbeddings, cfg: IndexConfig | None = None, prog
 
         ctx = dist_context()
         if ctx.active:  # under torchrun the ranks share the folder: rank 0 builds and saves, the others load it
-            index = _saved_or_built(gallery, kind, cfg, progress) if ctx.is_main else None
-            ctx.barrier()
+            index = ctx.together(lambda: _saved_or_built(gallery, kind, cfg, progress) if ctx.is_main else None)
             return index if index is not None else _saved_or_built(gallery, kind, cfg, progress=False)
         return _saved_or_built(gallery, kind, cfg, progress)
     return FaissIndex(gallery, kind, cfg, progress=progress)

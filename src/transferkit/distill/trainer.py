@@ -284,13 +284,16 @@ class Trainer:
         return self.dir / "checkpoint.pt"
 
     def _save(self, step: int, elapsed: float, opt: torch.optim.Optimizer, sched: Any, scaler: Any) -> None:
-        if self.ctx.is_main:
-            atomic_torch_save({
-                "format": CHECKPOINT_FORMAT, "step": step, "elapsed": elapsed, "digest": self.digest,
-                "stage": self.name, "model": self.module.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), **rng_state(),
-            }, self.checkpoint_path)
-        self.ctx.barrier()
+        def write() -> None:
+            if self.ctx.is_main:
+                atomic_torch_save({
+                    "format": CHECKPOINT_FORMAT, "step": step, "elapsed": elapsed, "digest": self.digest,
+                    "stage": self.name, "model": self.module.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), **rng_state(),
+                }, self.checkpoint_path)
+
+        # rank 0 writes; a failed write (disk full) stops every rank with that error instead of stranding them
+        self.ctx.together(write)
 
     def _load(self, opt: torch.optim.Optimizer, sched: Any, scaler: Any) -> tuple[int, float, dict[str, Any]]:
         ck = load_checkpoint(self.checkpoint_path)

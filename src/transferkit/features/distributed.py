@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "dist_context"]
+__all__ = ["DistContext", "PeerFailedError", "dist_context"]
+
+T = TypeVar("T")
+
+
+class PeerFailedError(RuntimeError):
+    """Another rank of the process group failed; its error, in one line, is the message."""
 
 
 @dataclass
@@ -59,6 +65,31 @@ class DistContext:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+    def together(self, work: Callable[[], T]) -> T:
+        """``work()`` on this rank, then every rank learns whether any rank failed.
+
+        Without this, a rank that raises leaves the others waiting in their next collective until torchrun
+        tears the group down with a secondary "connection closed" error. Here the failing rank raises its
+        own error and every other rank raises :class:`PeerFailedError` naming it. Interrupts
+        (``KeyboardInterrupt``, SIGTERM) are not caught: torchrun stops every rank on those anyway.
+        """
+        if not self.active:
+            return work()
+        error: Exception | None = None
+        try:
+            result = work()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the others have been told
+            error = exc
+        outcomes = self.all_gather(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        failed = [(rank, msg) for rank, msg in enumerate(outcomes) if msg is not None]
+        if failed:
+            rank, msg = failed[0]
+            more = f" (and {len(failed) - 1} more rank(s))" if len(failed) > 1 else ""
+            raise PeerFailedError(f"rank {rank} of {self.world} failed{more}: {msg}")
+        return result
 
 
 def dist_context(mode: bool | str = "auto") -> DistContext:

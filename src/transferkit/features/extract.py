@@ -484,11 +484,11 @@ def _run(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, ctx: DistContext,
         entry.create_dir()
     mine = units[ctx.rank::ctx.world]
     try:
-        with _sigterm_interrupts():
-            written = _compute(prep, ds, entry, mine, dev, prec, layer=layer, num_workers=num_workers,
-                               probs=probs, drop_background=drop_background, strict=strict,
-                               chunk_seconds=chunk_seconds, channels_last=channels_last,
-                               progress=progress and ctx.is_main, display=display)
+        with _sigterm_interrupts():  # a rank that fails tells the others (they raise PeerFailedError, not hang)
+            written = ctx.together(lambda: _compute(
+                prep, ds, entry, mine, dev, prec, layer=layer, num_workers=num_workers, probs=probs,
+                drop_background=drop_background, strict=strict, chunk_seconds=chunk_seconds,
+                channels_last=channels_last, progress=progress and ctx.is_main, display=display))
     except KeyboardInterrupt as exc:
         pieces, gaps = entry.cover(n)
         kept = n - sum(b - a for a, b in gaps)
