@@ -190,6 +190,20 @@ def distill_one(args, seed: int, strategy: str, size: int, manifest: Path, out: 
             "seconds": secs}
 
 
+def _mean_std(d) -> str:
+    return f"{d.mean():+.1f}" + (f" ± {d.std():.1f}" if len(d) > 1 else "")
+
+
+def _t_interval(d, level: float = 0.95) -> str:
+    """Student-t interval of the mean over seeds (few seeds: wide, as it should be)."""
+    from scipy import stats
+
+    if len(d) < 2:
+        return "–"
+    half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std() / len(d) ** 0.5
+    return f"[{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]"
+
+
 def summarise(rows: list[dict], out: Path) -> str:
     import pandas as pd
 
@@ -208,11 +222,19 @@ def summarise(rows: list[dict], out: Path) -> str:
         index=["size_images", "seed"], columns="strategy", values="student_acc")
     if {"balanced", "random"} <= set(wide.columns):
         diff = (100 * (wide["balanced"] - wide["random"])).dropna()
-        lines += ["", "| images' worth | curated − random, points, per seed | mean ± std | seeds |", "|---|---|---|---|"]
+        lines += ["", "| images' worth | curated − random, points, per seed | mean ± std | 95 % CI (t, seeds) | seeds |",
+                  "|---|---|---|---|---|"]
         for size, d in diff.groupby(level="size_images"):
             per_seed = ", ".join(f"{v:+.1f} (seed {k[1]})" for k, v in d.items())
-            spread = f" ± {d.std():.1f}" if len(d) > 1 else ""
-            lines.append(f"| {size} | {per_seed} | {d.mean():+.1f}{spread} | {len(d)} |")
+            lines.append(f"| {size} | {per_seed} | {_mean_std(d)} | {_t_interval(d)} | {len(d)} |")
+        # all sizes: the seed is the unit (sizes of one seed share its queries and test split), so average the
+        # sizes within each seed first, over the seeds that have every size
+        per_seed = diff.unstack("size_images").dropna()
+        if len(per_seed) and per_seed.shape[1] > 1:
+            avg = per_seed.mean(axis=1)
+            shown = ", ".join(f"{v:+.1f} (seed {k})" for k, v in avg.items())
+            lines.append(f"| all sizes, averaged per seed | {shown} | {_mean_std(avg)} | {_t_interval(avg)} | "
+                         f"{len(avg)} |")
     table = "\n".join(lines)
     (out / "summary.md").write_text(table + "\n")
     import matplotlib
