@@ -250,8 +250,15 @@ def summarise(rows: list[dict], out: Path) -> str:
                         capsize=3, label="curated (query-balanced)" if strat == "balanced" else "random, same size")
     w = summ[summ["strategy"] == "whole"]
     if len(w):
-        ax.axhline(100 * w["mean"].iloc[0], color="gray", ls=":", label="whole gallery")
+        mid, sd = 100 * w["mean"].iloc[0], 100 * (w["std"].fillna(0).iloc[0])
+        ax.axhline(mid, color="gray", ls=":", label=f"whole gallery ({crops[('whole', 'all')]:,.0f} images)")
+        if sd:
+            ax.axhspan(mid - sd, mid + sd, color="gray", alpha=0.12, lw=0)
     ax.set_xscale("log", base=2)
+    sizes = sorted(int(v) for v in summ["size_images"] if str(v).isdigit())
+    ax.set_xticks(sizes, [f"{v:,}" for v in sizes])
+    ax.minorticks_off()
+    ax.set_title(f"mean ± std over {df['seed'].nunique()} seed(s)", fontsize=9)
     ax.set_xlabel("transfer-set size (images' worth of crops)")
     ax.set_ylabel("EuroSAT test accuracy (%)")
     ax.legend(fontsize=8)
