@@ -2,9 +2,10 @@
 images computed and bit-identical features; a full disk (tiny tmpfs) or a read-only cache folder gives one
 line naming the file with the finished chunks kept; result and cache files follow the umask.
 
-The console script runs in a subprocess (a fresh interpreter), exactly as a user runs it. Mounting a tmpfs
-or a read-only bind mount needs root with CAP_SYS_ADMIN: those tests skip with the reason elsewhere; the
-in-process test of a full disk (os.fsync made to fail with ENOSPC) runs everywhere.
+The console script runs in a subprocess (a fresh interpreter), as a user runs it; the runs to interrupt have
+their chunk writes slowed by a sitecustomize (see CHUNK_DELAY_S) so the signal lands mid-run on any machine.
+Mounting a tmpfs or a read-only bind mount needs root with CAP_SYS_ADMIN: those tests skip with the reason
+elsewhere; the in-process test of a full disk (os.fsync made to fail with ENOSPC) runs everywhere.
 """
 
 from __future__ import annotations
@@ -31,8 +32,26 @@ from transferkit import reporting
 from transferkit.features import FeatureCache, extract_features
 from transferkit.reporting import OutputWriteError
 
-N_IMAGES = 720  # 180 chunks of 4: long enough to interrupt after the first chunk on any machine (240 finished first on an idle CI-like run)
+N_IMAGES = 720  # 180 chunks of 4
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+# The runs to interrupt wait CHUNK_DELAY_S before each chunk is written (a sitecustomize on PYTHONPATH wraps
+# CacheEntry.write_chunk in the subprocess), so the signal lands mid-run however fast the machine: an idle one
+# finished all 720 images in 1.2 s, before the test had seen the first chunk and signalled.
+CHUNK_DELAY_S = 0.05
+SLOW_WRITES = """
+import time
+from transferkit.features import cache as _cache
+
+_write = _cache.CacheEntry.write_chunk
+
+
+def _slow_write(self, *args, **kwargs):
+    time.sleep(%r)
+    return _write(self, *args, **kwargs)
+
+
+_cache.CacheEntry.write_chunk = _slow_write
+""" % CHUNK_DELAY_S
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +68,8 @@ def assets(tmp_path_factory) -> dict:
     spec = f"test_resnet@{root / 'w.safetensors'}"
     base = ["transferkit", "extract", "-m", spec, "-d", str(root / "imgs"), "--input-size", "32", "-b", "4",
             "--workers", "0", "--no-progress"]
+    (root / "slow_writes").mkdir()
+    (root / "slow_writes" / "sitecustomize.py").write_text(SLOW_WRITES)
     return {"root": root, "base": base}
 
 
@@ -74,9 +95,12 @@ def _chunks(cache: Path) -> list[tuple[int, int]]:
     return entries[0].chunk_ranges() if entries else []
 
 
-def _interrupt(cmd: list[str], cache: Path, sig: int, after: set[tuple[int, int]]) -> tuple[int, str]:
-    """Start ``cmd``, send ``sig`` as soon as a chunk not in ``after`` is on disk; (exit code, stderr)."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _interrupt(cmd: list[str], cache: Path, sig: int, after: set[tuple[int, int]],
+               slow_writes: Path) -> tuple[int, str]:
+    """Start ``cmd`` with chunk writes slowed, send ``sig`` as soon as a chunk not in ``after`` is on disk;
+    (exit code, stderr)."""
+    env = dict(ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(slow_writes), ENV.get("PYTHONPATH")])))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     try:
         while not set(_chunks(cache)) - after:
@@ -92,7 +116,7 @@ def _interrupt(cmd: list[str], cache: Path, sig: int, after: set[tuple[int, int]
         if proc.poll() is None:
             proc.kill()
     if proc.returncode == 0:
-        pytest.fail(f"the run finished before the signal arrived; make the workload bigger:\n{out}")
+        pytest.fail(f"the run finished before the signal arrived; raise CHUNK_DELAY_S:\n{out}")
     return proc.returncode, err
 
 
@@ -117,9 +141,10 @@ def _check_interrupted(rc: int, err: str, sig: int, cache: Path) -> list[tuple[i
 def test_extract_interrupted_twice_resumes_with_only_the_missing_images(assets, reference, tmp_path):
     cache = tmp_path / "cache"
     cmd = [*assets["base"], "--cache", str(cache), "--chunk-size", "4"]
-    rc, err = _interrupt(cmd, cache, signal.SIGINT, set())  # Ctrl-C
+    slow = assets["root"] / "slow_writes"
+    rc, err = _interrupt(cmd, cache, signal.SIGINT, set(), slow)  # Ctrl-C
     first = _check_interrupted(rc, err, signal.SIGINT, cache)
-    rc, err = _interrupt(cmd, cache, signal.SIGTERM, set(first))  # a killed job, while resuming
+    rc, err = _interrupt(cmd, cache, signal.SIGTERM, set(first), slow)  # a killed job, while resuming
     kept = _check_interrupted(rc, err, signal.SIGTERM, cache)
     assert set(first) <= set(kept) and len(kept) > len(first)
     done = sum(hi - lo for lo, hi in kept)
