@@ -100,7 +100,10 @@ def _interrupt(cmd: list[str], cache: Path, sig: int, after: set[tuple[int, int]
     """Start ``cmd`` with chunk writes slowed, send ``sig`` as soon as a chunk not in ``after`` is on disk;
     (exit code, stderr)."""
     env = dict(ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(slow_writes), ENV.get("PYTHONPATH")])))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal leaves it: a test run started in the background by a non-interactive shell
+    # (`cmd &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600
     try:
         while not set(_chunks(cache)) - after:
