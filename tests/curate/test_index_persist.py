@@ -55,10 +55,15 @@ def test_saved_index_refused_for_other_gallery(gallery, tmp_path: Path, make_sto
     assert build_index(other, cfg).ntotal == 1000  # rebuilt over it
 
 
-def test_ondisk_needs_a_path(gallery) -> None:
-    g, _ = gallery
+def test_index_options_are_checked_when_configured() -> None:
+    """Bad index options fail in IndexConfig, before any embedding or training (not inside faiss)."""
     with pytest.raises(ValueError, match="need an index path"):
-        build_index(g, IndexConfig(kind="ivfpq", nlist=8, m=8, ondisk=True, threads=1))
+        IndexConfig(kind="ivfpq", nlist=8, m=8, ondisk=True, threads=1)
+    with pytest.raises(ValueError, match="'flat' has none"):
+        IndexConfig(kind="flat", ondisk=True, path="idx")
+    for bad in ({"nprobe": 0}, {"nlist": 0}, {"m": 0}, {"nbits": 0}, {"nbits": 17}, {"train_size": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            IndexConfig(kind="ivfpq", **bad)
 
 
 def _rank_builds(rank: int, g: GalleryEmbeddings, cfg: IndexConfig, q: np.ndarray, out: str, port: int) -> None:

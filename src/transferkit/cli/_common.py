@@ -67,8 +67,11 @@ def check_output_dir(path: str | Path, option: str = "--out") -> Path:
 
 
 def check_output_file(path: str | Path, option: str = "--out") -> Path:
-    """As :func:`check_output_dir`, for a command that writes one file: its folder must be writable."""
+    """As :func:`check_output_dir`, for a command that writes one file: its folder must be writable, and the
+    path itself must not be a folder (found before the work, not when the result is renamed into place)."""
     p = Path(path)
+    if p.is_dir():
+        raise click.ClickException(f"{option} {p} is a folder; give a file path, e.g. {p / 'out.csv'}")
     check_output_dir(p.parent if str(p.parent) else Path("."), option)
     return p
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -78,7 +79,8 @@ def _given(ctx: click.Context, name: str) -> bool:
 def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
     """Curate a transfer set: query-balanced crop retrieval from --gallery with --queries.
 
-    Writes the manifest (read directly by `transferkit distill`) and <out>.report.json.
+    Writes the manifest (a CSV read directly by `transferkit distill`) and, next to it, the report
+    (transfer_set.csv -> transfer_set.report.json).
     """
     from ..curate.index import IndexConfig
     from ..curate.pipeline import CurateConfig, GallerySource, curate
@@ -118,16 +120,31 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
         doc["dup_threshold"] = None
     if opts["quiet"]:
         doc["progress"] = False
-    missing = [n for n in ("queries", "gallery", "budget", "model") if not doc.get(n)]
+    missing = [n for n in ("queries", "gallery", "budget", "model") if doc.get(n) in (None, "", [], ())]
     if missing:
         raise click.UsageError(f"missing {', '.join('--' + m for m in missing)} (or set them in --config)")
-    check_output_file(doc.get("out") or "transfer_set.csv")  # before the embeddings, not after
+    out = check_output_file(doc.get("out") or "transfer_set.csv")  # before the embeddings, not after
+    if out.suffix.lower() in {".json", ".yaml", ".yml", ".parquet", ".npz", ".npy"}:
+        raise click.BadParameter(f"{out}: the manifest is a CSV file (name it .csv); the report is written next "
+                                 f"to it as {out.with_suffix('.report.json').name}", param_hint="--out")
+    if index_doc.get("path") and Path(index_doc["path"]).exists() and not Path(index_doc["path"]).is_dir():
+        raise click.BadParameter(f"{index_doc['path']} is a file; the index is saved in a folder",
+                                 param_hint="--index-path")
+    if opts["batch_size"] is not None and opts["batch_size"] < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--batch-size")
+    from ..data import CorruptImageError
+
     try:
         cfg = CurateConfig.from_dict({**doc, "index": IndexConfig(**index_doc)})
         with readable_warnings(opts["verbose"]):
             result = curate(cfg)
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:  # TypeError: an unknown config key
+    except KeyError as exc:  # str(KeyError) is the repr of its message
+        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
+    except (ValueError, FileNotFoundError, TypeError, CorruptImageError) as exc:  # TypeError: unknown config key
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a folder where a file should be, permissions, a full disk: name the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
     rep = result.report
     sel = rep["selection"]
     click.echo(f"wrote {result.manifest} ({sel['selected']} crops for {rep['queries']['n']} queries, "
@@ -137,8 +154,11 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
     click.echo(f"index {idx.get('kind')} ({idx.get('backend', '-')})"
                + (f", recall@{rec['k']} vs exact {rec['recall']:.3f}" if rec else ""))
     lg = rep["leakage_guard"]
-    click.echo(f"leakage guard: {lg['exact_copies_images']} exact copies of test images, {lg['excluded_crops']} "
-               f"candidate crops ({lg['excluded_images']} images) near test images excluded; "
-               f"skipped {sel['skipped']}")
+    if lg["test"] is None:
+        click.echo(f"leakage guard: off (no test images known; --test names them); skipped {sel['skipped']}")
+    else:
+        click.echo(f"leakage guard ({lg['test_images']} test images): {lg['exact_copies_images']} exact copies, "
+                   f"{lg['excluded_crops']} candidate crops ({lg['excluded_images']} images) near test images "
+                   f"excluded; skipped {sel['skipped']}")
     for src, c in sorted(rep["composition"].items(), key=lambda kv: -kv[1]["count"]):
         click.echo(f"  {c['count']:>7}  {c['fraction']:.3f}  {src}")

@@ -81,16 +81,25 @@ class CropGrid:
         """From CLI/YAML values: ``"1,0.5"`` or ``[1, 0.5]``; grid ``"3"`` / ``"1,3"`` / ``None``."""
         if scales is None or scales == "":
             return cls()
-        if isinstance(scales, str):
-            scales = [float(s) for s in scales.replace(" ", "").split(",") if s]
-        elif isinstance(scales, (int, float)):
-            scales = [float(scales)]
-        if isinstance(grid, str):
-            parts = [int(x) for x in grid.replace(" ", "").split(",") if x]
-            grid = parts[0] if len(parts) == 1 else tuple(parts)
-        elif grid is not None and not isinstance(grid, int):
-            grid = tuple(int(x) for x in grid)
-        return cls(tuple(float(s) for s in scales), grid)
+        try:
+            if isinstance(scales, str):
+                scales = [float(s) for s in scales.replace(" ", "").split(",") if s]
+            elif isinstance(scales, (int, float)):
+                scales = [float(scales)]
+            scales = tuple(float(s) for s in scales)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"scales are crop sizes in (0, 1] as a fraction of the image, e.g. '1,0.5'; "
+                             f"got {scales!r}") from exc
+        try:
+            if isinstance(grid, str):
+                parts = [int(x) for x in grid.replace(" ", "").split(",") if x]
+                grid = parts[0] if len(parts) == 1 else tuple(parts)
+            elif grid is not None and not isinstance(grid, int):
+                grid = tuple(int(x) for x in grid)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"grid is a whole number of crops per side, one per scale or one for all, e.g. "
+                             f"'3' or '1,3'; got {grid!r}") from exc
+        return cls(scales, grid)
 
     def _sizes(self) -> list[int]:
         if self.grid is None:

@@ -88,6 +88,22 @@ class IndexConfig:
             raise ValueError("gpu must be auto, true or false")
         if isinstance(self.rerank, bool) or not isinstance(self.rerank, int) or self.rerank < 0:
             raise ValueError(f"index rerank must be an integer >= 0 (0 or 1: off), got {self.rerank!r}")
+        for name, low in (("nprobe", 1), ("m", 1), ("train_size", 1), ("block", 1), ("exact_max", 0),
+                          ("ondisk_part", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"index {name} must be an integer >= {low}, got {v!r}")
+        if self.nlist is not None and (isinstance(self.nlist, bool) or not isinstance(self.nlist, int)
+                                       or self.nlist < 1):
+            raise ValueError(f"index nlist must be an integer >= 1 (or unset: ~4 sqrt(n)), got {self.nlist!r}")
+        if isinstance(self.nbits, bool) or not isinstance(self.nbits, int) or not 1 <= self.nbits <= 16:
+            raise ValueError(f"index nbits must be an integer in 1..16, got {self.nbits!r}")
+        if self.ondisk and not self.path:  # checked here, before any embedding or training
+            raise ValueError("ondisk inverted lists need an index path (--index-path; index: {path: ...} in a "
+                             "config; IndexConfig.path)")
+        if self.ondisk and self.kind in ("flat", "numpy"):
+            raise ValueError(f"ondisk keeps IVF inverted lists on disk; index kind {self.kind!r} has none "
+                             "(use ivf, ivfpq or auto)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,8 +224,6 @@ class FaissIndex:
             index.nprobe = min(cfg.nprobe, nlist)
             self.nlist = nlist
             self._quantizer = quantizer  # keep alive (faiss does not own it)
-            if cfg.ondisk and not cfg.path:
-                raise ValueError("ondisk inverted lists need an index path (IndexConfig.path)")
         self.gpu = False
         want = cfg.gpu is True or str(cfg.gpu).lower() == "true"
         if (want or cfg.gpu == "auto") and _faiss_gpus() > 0 and not cfg.ondisk:
@@ -349,7 +363,7 @@ class FaissIndex:
         if self.kind == "ivfpq":
             d.update(m=self.m, nbits=self.nbits, rerank=self.cfg.rerank,
                      bytes_per_vector=int(math.ceil(self.m * self.nbits / 8)))
-        if self.cfg.ondisk:
+        if self.cfg.ondisk and self.nlist:  # auto may have chosen exact search: no lists to keep on disk
             d["ondisk"] = True
         if self.cfg.path:
             d["path"] = str(self.cfg.path)

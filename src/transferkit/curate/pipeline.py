@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import ImageDataset, open_dataset
+from ..data import CorruptImageError, ImageDataset, open_dataset
 from ..reporting import write_json
 from .crops import CropDataset, CropGrid
 from .embed import EmbeddingStore, GalleryEmbeddings, embed_dataset
@@ -32,6 +32,10 @@ from .manifest import ManifestRow, item_ref, write_manifest
 from .select import Selection, merge_candidates, select_balanced, select_random
 
 __all__ = ["CurateConfig", "CurationResult", "GallerySource", "curate"]
+
+# A source without native splits is split train/test with this seed whatever the run's seed, as
+# `transferkit distill` does: the leakage guard then covers exactly the images distill evaluates on.
+SPLIT_SEED = 0
 
 
 @dataclass
@@ -154,6 +158,8 @@ class CurateConfig:
                              f"got {self.strategy!r}")
         if self.candidates is not None and self.candidates < 1:
             raise ValueError("candidates must be >= 1")
+        if self.max_per_image is not None and self.max_per_image < 1:
+            raise ValueError(f"max_per_image (--max-per-image) must be >= 1 or unset, got {self.max_per_image}")
 
     @property
     def gallery_grid(self) -> CropGrid:
@@ -237,11 +243,20 @@ def _open_test(cfg: CurateConfig, queries: ImageDataset) -> ImageDataset | None:
         while hasattr(base, "base"):
             base = base.base
         if cfg.test_split not in (base.native_splits or []):
+            seeded = {"train", "test"}
+            if cfg.query_split in seeded and cfg.test_split in seeded - {cfg.query_split}:
+                # the queries are a seeded split of a source without native splits: guard its complement,
+                # the images `transferkit distill` evaluates on with the same seed
+                return open_dataset(cfg.queries, split=cfg.test_split, per_class=cfg.test_per_class, seed=cfg.seed,
+                                    split_seed=SPLIT_SEED)
             warnings.warn(f"{cfg.queries}: no native {cfg.test_split!r} split, so no leakage guard "
-                          "(pass test= to name the target's test images)", RuntimeWarning, stacklevel=3)
+                          "(--test / test= names the target's test images)", RuntimeWarning, stacklevel=3)
             return None
         return open_dataset(cfg.queries, split=cfg.test_split, per_class=cfg.test_per_class, seed=cfg.seed)
-    return open_dataset(t, split=cfg.test_split, per_class=cfg.test_per_class, seed=cfg.seed)
+    # a named test set: its test_split when it has that split natively, else all of it (never a seeded 20 %)
+    whole = open_dataset(t, split="all")
+    split = cfg.test_split if cfg.test_split in (whole.native_splits or []) else "all"
+    return open_dataset(t, split=split, per_class=cfg.test_per_class, seed=cfg.seed)
 
 
 class _Timer:
@@ -277,7 +292,11 @@ def curate(cfg: CurateConfig) -> CurationResult:
     """Run one curation (see the module docstring); returns the manifest path, rows, selection and report."""
     timer = _Timer()
     # 1. queries
-    qds = open_dataset(cfg.queries, split=cfg.query_split, per_class=cfg.query_per_class, seed=cfg.seed)
+    try:
+        qds = open_dataset(cfg.queries, split=cfg.query_split, per_class=cfg.query_per_class, seed=cfg.seed,
+                           split_seed=SPLIT_SEED)
+    except FileNotFoundError as exc:  # say which of queries / gallery / test it was
+        raise FileNotFoundError(f"queries: {exc}") from exc
     qgrid = cfg.queries_grid
     qcrops = CropDataset(qds, qgrid)
     with timer("embed_queries"):
@@ -286,17 +305,29 @@ def curate(cfg: CurateConfig) -> CurationResult:
     q_owner = np.arange(len(qcrops)) // len(qgrid)
     q_ok = qstore.valid
     n_queries = len(qds)
+    if not q_ok.any():
+        raise ValueError(f"{cfg.queries}: none of the {n_queries} query images could be read")
     # 2. gallery
     ggrid = cfg.gallery_grid
     S = len(ggrid)
     gsets, stores, embed_s = [], [], []
     src_rows: list[tuple[GallerySource, ImageDataset, Any, float]] = []
+    unusable: list[str] = []  # gallery parts without one readable image: skipped, said once each
     for g in cfg.gallery:
-        for ds, pre in g.parts(cfg.seed):
+        try:
+            parts = g.parts(cfg.seed)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"gallery: {exc}") from exc
+        for ds, pre in parts:
             t0 = time.perf_counter()
+            if len(ds) == 0:
+                why = "; ".join(getattr(ds, "errors", [])[:1]) or "no readable images"
+                unusable.append(f"{ds.source} ({why})")
+                continue
             if pre is not None:  # precomputed embeddings: one per image, no crops
                 if S != 1:
-                    raise ValueError(f"{g.spec}: precomputed embeddings are whole-image; use scales: [1.0]")
+                    raise ValueError(f"{g.spec}: precomputed embeddings are whole-image; use --scales 1 "
+                                     "(scales: [1.0] in a config)")
                 offs = np.cumsum([0] + [st.n for st in pre])
                 if int(offs[-1]) != len(ds):
                     raise ValueError(f"{g.spec}: {len(ds)} images but its embedding shards hold {offs[-1]} rows")
@@ -306,23 +337,38 @@ def curate(cfg: CurateConfig) -> CurationResult:
                 src_rows.append((g, ds, pre[0], 0.0))
                 continue
             st = _embed(cfg, CropDataset(ds, ggrid), f"embed {Path(str(ds.source)).name}")
+            if not st.valid.any():
+                unusable.append(f"{ds.source} (none of its {len(ds)} images could be read)")
+                continue
             t = time.perf_counter() - t0
             embed_s.append(t)
             gsets.append(ds)
             stores.append(st)
             src_rows.append((g, ds, st, t))
+    if unusable:
+        more = f" (and {len(unusable) - 3} more)" if len(unusable) > 3 else ""
+        if not stores:
+            raise ValueError(f"the gallery has no readable images: {'; '.join(unusable[:3])}{more}")
+        warnings.warn(f"skipped {len(unusable)} gallery part(s) without readable images: "
+                      f"{'; '.join(unusable[:3])}{more}", RuntimeWarning, stacklevel=2)
     gallery = GalleryEmbeddings(stores)
     if qstore.dim != gallery.dim:
         raise ValueError(f"the gallery's embeddings have {gallery.dim} dimensions but the model gives {qstore.dim} "
                          "(precomputed with a different model?)")
     img_off = np.cumsum([0] + [len(d) for d in gsets])
     group = np.concatenate([img_off[k] + np.arange(len(d) * S) // S for k, d in enumerate(gsets)])
-    # query images present in the gallery are never retrieved; byte-identical test copies neither
-    exclude = _image_mask(gsets, gallery, S, lambda d, i: _ref_key(item_ref(d, i)),
-                          {_ref_key(item_ref(qds, i)) for i in range(len(qds))}) if cfg.exclude_queries \
-        else np.zeros(gallery.n, bool)
+    # query images present in the gallery (the same item, or a byte-identical copy) are never retrieved;
+    # byte-identical copies of test images neither
+    exclude = np.zeros(gallery.n, bool)
+    if cfg.exclude_queries:
+        exclude = _image_mask(gsets, gallery, S, lambda d, i: _ref_key(item_ref(d, i)),
+                              {_ref_key(item_ref(qds, i)) for i in range(len(qds))})
+        exclude |= _image_mask(gsets, gallery, S, lambda d, i: d.item_digests()[i], set(qds.item_digests()))
     n_self = int(exclude.sum()) // S
-    tds = _open_test(cfg, qds)
+    try:
+        tds = _open_test(cfg, qds)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"test (leakage guard): {exc}") from exc
     tvec = None
     exact_leak = np.zeros(gallery.n, bool)
     if tds is not None:
@@ -365,6 +411,8 @@ def curate(cfg: CurateConfig) -> CurationResult:
             if not len(sel.short) or k >= index.ntotal or cfg.candidates is not None:
                 break
             k = min(index.ntotal, k * 4)
+    if not len(sel.gallery_ids):  # never exit 0 with an empty transfer set
+        raise ValueError(f"no gallery item could be selected: {_why_empty(gallery, exclude, exact_leak, sel)}")
     if len(sel.short):
         who = f" ({len(sel.short)} of {n_queries} queries short of their quota)" if cfg.strategy == "balanced" else ""
         warnings.warn(f"only {len(sel.gallery_ids)} of {cfg.budget} items selected{who}: the gallery ran out of "
@@ -383,6 +431,7 @@ def curate(cfg: CurateConfig) -> CurationResult:
                                  "embed_seconds": round(t, 3), "store": str(st.path)}
                                 for g, d, st, t in src_rows],
                     "skipped_corrupt": int(sum(getattr(d, "skipped", 0) for _, d, _, _ in src_rows)),
+                    "skipped_parts": unusable,
                     "crops_per_image": S, "crops": gallery.n, "unreadable": int((~gallery.valid).sum()),
                     "query_images_excluded": n_self},
         "leakage_guard": {"test": getattr(tds, "source", None), "test_images": len(tds) if tds is not None else 0,
@@ -413,6 +462,16 @@ def curate(cfg: CurateConfig) -> CurationResult:
     return CurationResult(out, rows, sel, report)
 
 
+def _why_empty(gallery: GalleryEmbeddings, exclude: np.ndarray, exact_leak: np.ndarray, sel: Selection) -> str:
+    """Where the gallery's crops went when none was selected (for the one-line error)."""
+    valid = gallery.valid
+    parts = [f"{gallery.n} crops", f"{int((~valid).sum())} unreadable",
+             f"{int((exclude & valid).sum())} are query images or copies of them",
+             f"{int((exact_leak & valid & ~exclude).sum())} copies of test images",
+             f"{len(sel.leak_ids)} near test images"]
+    return ", ".join(parts) + " (a gallery other than the queries' own dataset, or --test none, may help)"
+
+
 def _rows(sel: Selection, gallery: GalleryEmbeddings, gsets: list[ImageDataset], grid: CropGrid,
           qds: ImageDataset, cfg: CurateConfig) -> list[ManifestRow]:
     from tqdm.auto import tqdm
@@ -429,7 +488,12 @@ def _rows(sel: Selection, gallery: GalleryEmbeddings, gsets: list[ImageDataset],
         local = g - int(gallery.offsets[k])
         img, slot = local // S, slots[local % S]
         if (k, img) not in sizes:
-            sizes[(k, img)] = gsets[k].load(img).size
+            try:
+                sizes[(k, img)] = gsets[k].load(img).size
+            except CorruptImageError as exc:  # e.g. a precomputed gallery whose image paths are gone
+                raise ValueError(f"a selected gallery image cannot be read ({exc}); the manifest needs each "
+                                 "selected image (its size, and distill reads it): check the gallery's image "
+                                 "paths") from exc
         w, h = sizes[(k, img)]
         src, split, item = item_ref(gsets[k], img)
         x0, y0, x1, y1 = slot.box(w, h)

@@ -59,9 +59,11 @@ def expand_shards(spec: str) -> list[str]:
 
 
 def _image_ext(sample: dict[str, Any]) -> str | None:
+    """The sample's image field, as spelt in the tar (``JPG`` too: members keep their case)."""
+    by_lower = {k.lower(): k for k in sample if not k.startswith("__")}
     for ext in IMAGE_EXTS:
-        if ext in sample:
-            return ext
+        if ext in by_lower:
+            return by_lower[ext]
     return None
 
 
@@ -82,8 +84,6 @@ class _ShardEntry:
 
 def _scan(path: str) -> tuple[list[_ShardEntry], int, list[str]]:
     """Stream one shard with ``webdataset``: the readable image samples, the skipped count and why."""
-    import webdataset as wds
-
     errors: list[str] = []
 
     def handler(exc: Exception) -> bool:  # a broken tar record: note it and carry on with the rest
@@ -92,9 +92,12 @@ def _scan(path: str) -> tuple[list[_ShardEntry], int, list[str]]:
 
     entries: list[_ShardEntry] = []
     skipped = 0
-    every = lambda src: src  # noqa: E731 - each process lists the whole shard (ranks split the crops later)
-    stream = wds.WebDataset(path, shardshuffle=False, handler=handler, empty_check=False,
-                            nodesplitter=every, workersplitter=every)
+    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+    # webdataset's own grouping, with the members' suffixes kept as spelt (its default lower-cases them, and
+    # `key.JPG` could then not be found again by name); each process lists the whole shard
+    files = tar_file_expander(url_opener([{"url": path}], handler=handler), handler=handler)
+    stream = group_by_keys(files, lcase=False, handler=handler)
     seen: set[str] = set()
     for sample in stream:
         key = str(sample.get("__key__", ""))
@@ -125,7 +128,11 @@ class TarShardDataset(ImageDataset):
         path = str(Path(path).expanduser().resolve())
         if not Path(path).is_file():
             raise FileNotFoundError(f"WebDataset shard not found: {path}")
-        entries, skipped, errors = _scan(path)
+        if tarfile.is_tarfile(path):
+            entries, skipped, errors = _scan(path)
+        else:  # a broken or foreign file among the shards: no samples, said once (the pipeline skips it)
+            entries, skipped, errors = [], 0, ["not a tar archive"]
+            warnings.warn(f"{path}: not a tar archive; no samples read from it", RuntimeWarning, stacklevel=2)
         super().__init__(UNLABELED, np.zeros(len(entries), dtype=np.int64), source=path, split=None)
         self.names = [e.member for e in entries]
         self._digests = [e.digest for e in entries]
@@ -186,7 +193,7 @@ def open_shard_gallery(spec: str) -> list[TarShardDataset]:
 # ------------------------------------------------------------------------------------------------
 def is_precomputed_folder(spec: str | Path) -> bool:
     p = Path(spec).expanduser()
-    return p.is_dir() and (p / "img_emb").is_dir() and (p / "metadata").is_dir()
+    return p.is_dir() and (p / "img_emb").is_dir()  # metadata/ missing is then named by open_precomputed
 
 
 class _PathImages(ImageDataset):
@@ -304,6 +311,9 @@ def open_precomputed(folder: str | Path) -> tuple[_PathImages, list[PrecomputedS
     if not is_precomputed_folder(root):
         raise FileNotFoundError(f"{root}: not a precomputed-embedding folder (needs img_emb/*.npy and "
                                 "metadata/*.parquet)")
+    if not (root / "metadata").is_dir():
+        raise FileNotFoundError(f"{root}: img_emb/ but no metadata/ folder (precomputed embeddings need "
+                                "metadata/*.parquet with an image_path column, one file per .npy shard)")
     embs = sorted((root / "img_emb").glob("*.npy"))
     metas = sorted((root / "metadata").glob("*.parquet"))
     if not embs:
@@ -315,15 +325,25 @@ def open_precomputed(folder: str | Path) -> tuple[_PathImages, list[PrecomputedS
     stores: list[PrecomputedStore] = []
     dims = set()
     for e, m in zip(embs, metas):
-        mm = np.load(e, mmap_mode="r")
+        try:
+            mm = np.load(e, mmap_mode="r")
+        except Exception as exc:  # numpy's errors do not name the file
+            raise ValueError(f"{e}: not a readable .npy array ({' '.join(str(exc).split())})") from exc
         if mm.ndim != 2:
             raise ValueError(f"{e}: expected a 2-D (n, dim) embedding array, got shape {mm.shape}")
-        cols = pq.read_schema(m).names
+        try:
+            cols = pq.read_schema(m).names
+        except Exception as exc:  # pyarrow's errors do not name the file
+            raise ValueError(f"{m}: not a readable parquet file ({' '.join(str(exc).split())})") from exc
         if "image_path" not in cols:
             raise ValueError(f"{m}: metadata has no 'image_path' column (columns: {cols})")
         col = pq.read_table(m, columns=["image_path"]).column("image_path").to_pylist()
         if len(col) != len(mm):
             raise ValueError(f"{m}: {len(col)} metadata rows for {len(mm)} embeddings in {e.name}")
+        remote = next((str(p) for p in col if "://" in str(p)), None)
+        if remote is not None:
+            raise ValueError(f"{m}: image_path holds URLs (e.g. {remote}); curate needs the images on disk "
+                             "(download them, e.g. with img2dataset, and point image_path at the files)")
         paths.extend(str(p) for p in col)
         dims.add(int(mm.shape[1]))
         ident = json.dumps({"file": str(e), "size": e.stat().st_size, "mtime": e.stat().st_mtime_ns})

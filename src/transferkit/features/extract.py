@@ -93,9 +93,28 @@ def _sigterm_interrupts() -> Iterator[None]:
 # runtime choices
 # ------------------------------------------------------------------------------------------------
 def select_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA (this rank's GPU), else Apple MPS, else CPU."""
+    """``auto``: CUDA (this rank's GPU), else Apple MPS, else CPU. A device that does not exist here is a
+    ValueError naming it (not torch's error from deep inside the first ``.to()``)."""
     if str(device) != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"unknown device {str(device)!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+        if dev.type == "cuda":
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if n == 0:
+                raise ValueError(f"device {str(device)!r}: no CUDA GPU is available here (use auto or cpu)")
+            if dev.index is not None and dev.index >= n:
+                raise ValueError(f"device {str(device)!r}: this machine has {n} CUDA GPU(s), cuda:0..cuda:{n - 1}")
+        elif dev.type == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise ValueError(f"device {str(device)!r}: Apple MPS is not available here (use auto or cpu)")
+        elif dev.type != "cpu":  # other accelerators torch knows (xpu, ...) when their backend is present
+            backend = getattr(torch, dev.type, None)
+            if not (callable(getattr(backend, "is_available", None)) and backend.is_available()):
+                raise ValueError(f"device {str(device)!r} is not available here: use auto, cpu, cuda, cuda:N or mps")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     mps = getattr(torch.backends, "mps", None)
