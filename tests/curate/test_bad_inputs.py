@@ -161,3 +161,19 @@ def test_cli_one_line_errors_before_any_work(tmp_path: Path, tiny_data: dict, ti
         assert r.returncode != 0 and msg in r.stderr, (extra, r.stderr)
         assert "Traceback" not in r.stderr and len([ln for ln in lines if "Error" in ln]) == 1, (extra, r.stderr)
     assert not list(tmp_path.glob("t.*"))
+
+
+def test_ivfpq_on_a_tiny_gallery_warns_once(tmp_path: Path, make_store, capfd) -> None:
+    """faiss prints one 'WARNING clustering' line per sub-quantiser when it has too few training points;
+    we say it once, as a Python warning, and search still works."""
+    pytest.importorskip("faiss")
+    from transferkit.curate.embed import GalleryEmbeddings
+    from transferkit.curate.index import IndexConfig, build_index
+
+    x = np.random.default_rng(0).normal(size=(30, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    g = GalleryEmbeddings([make_store(tmp_path / "s", x)])
+    with pytest.warns(RuntimeWarning, match="fewer than faiss's 39 training points per centroid.*flat"):
+        index = build_index(g, IndexConfig(kind="ivfpq", threads=1))
+    assert index.search(x[:3], 1)[1][:, 0].tolist() == [0, 1, 2]
+    assert "WARNING clustering" not in capfd.readouterr().err

@@ -220,6 +220,16 @@ class FaissIndex:
                 index = faiss.IndexIVFPQ(quantizer, d, nlist, self.m, nbits, faiss.METRIC_INNER_PRODUCT)
                 self.nbits = nbits
             _, train = gallery.sample(max(cfg.train_size, 39 * nlist), seed=cfg.seed)
+            centroids = max(nlist, 2 ** self.nbits if self.nbits else 0)
+            if len(train) < 39 * centroids:  # one warning of ours instead of one faiss line per sub-quantiser
+                fix = ("raise train_size" if len(train) < n else
+                       "--index flat is exact and fast for a gallery this small")
+                warnings.warn(f"{kind}: {len(train)} training items for {centroids} centroids, fewer than faiss's "
+                              f"39 training points per centroid, so recall may suffer ({fix})",
+                              RuntimeWarning, stacklevel=3)
+                index.cp.min_points_per_centroid = 1
+                if kind == "ivfpq":
+                    index.pq.cp.min_points_per_centroid = 1
             index.train(train)
             index.nprobe = min(cfg.nprobe, nlist)
             self.nlist = nlist
