@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -178,12 +179,23 @@ def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     ``state_dict``/``model``/... containers, with ``module.`` (DataParallel) and ``_orig_mod.``
     (torch.compile) prefixes removed."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        obj: Any = load_file(str(path), device="cpu")
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except pickle.UnpicklingError as exc:  # torch's message is a page about weights_only: keep its key line
+        why = next((ln.strip().split(". Please")[0] for ln in str(exc).splitlines() if "Unsupported global" in ln),
+                   "not a PyTorch file, or one that holds Python objects besides tensors")
+        raise ValueError(f"{path}: not a readable checkpoint (torch.load with weights_only=True refused it: "
+                         f"{why})") from exc
+    except Exception as exc:  # truncated, empty or foreign file: torch/safetensors errors do not name it
+        first = (str(exc).strip().splitlines() or [""])[0][:200] or type(exc).__name__
+        raise ValueError(f"{path}: not a readable checkpoint ({first})") from exc
     for _ in range(3):
         if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             for k in ("state_dict", "model", "model_state_dict", "module", "net", "params",

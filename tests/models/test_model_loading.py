@@ -212,8 +212,9 @@ def test_checkpoint_is_loaded_weights_only(tmp_path):
             return (print, ("this must never run",))
 
     torch.save({"state_dict": _tiny_timm().state_dict(), "payload": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match="weights_only=True refused it.*Unsupported global") as info:
         load_model(f"test_resnet@{tmp_path / 'evil.pth'}")
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
 
 
 def test_checkpoint_errors(tmp_path):

@@ -102,6 +102,7 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
     With --methods/--seeds, every (method, seed) runs in OUT/<method>/seed<k> and a table is printed.
     Interrupted runs resume where they stopped.
     """
+    from ..data import CorruptImageError
     from ..distill import METHODS, run_comparison, run_distill, summarize
     from ..reporting import format_table, write_csv, write_json
 
@@ -122,6 +123,7 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
         except ValueError as exc:
             raise click.BadParameter(f"seeds must be integers ({exc})", param_hint="--seeds") from exc
         check_output_dir(cfg.out_dir)  # before hours of training, not after
+        check_output_dir(cfg.cache_dir, "cache_dir")
         if not method_list and not seed_list:
             with readable_warnings(verbose):
                 result = run_distill(cfg.validate())
@@ -135,8 +137,13 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
             cfg.replace(method=m).validate()
         with readable_warnings(verbose):
             results = run_comparison(cfg, method_list, seed_list)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
+    except KeyError as exc:  # str(KeyError) is the repr of its message
+        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
+    except (ValueError, FileNotFoundError, ImportError, CorruptImageError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a file where a folder should be, permissions: name the path
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
     if not _is_main():
         return
     rows = summarize(results)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,50 @@ _NON_SEMANTIC = frozenset({"out_dir", "cache_dir", "progress", "num_workers", "n
                            "eval_batch_size", "teacher_batch_size"})
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# annotation (as written in the dataclasses) -> (check, what the error says it must be)
+_TYPE_CHECKS: dict[str, tuple[Any, str]] = {
+    "int": (_is_int, "an integer"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "tuple[float, float]": (lambda v: isinstance(v, tuple) and len(v) == 2 and all(map(_is_number, v)),
+                            "a pair of numbers, e.g. [0.35, 1.0]"),
+    "tuple[int, int]": (lambda v: isinstance(v, tuple) and len(v) == 2 and all(map(_is_int, v)),
+                        "a pair of integers, e.g. [180, 240]"),
+    "tuple[float, ...]": (lambda v: isinstance(v, tuple) and all(map(_is_number, v)), "a list of numbers"),
+    "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "StageConfig": (lambda v: isinstance(v, StageConfig), "a mapping of stage settings (epochs, steps, lr, ...)"),
+}
+
+
+def _check_types(obj: Any, prefix: str = "") -> None:
+    """Every field's value against its annotation: a config value of the wrong type (``steps: abc``,
+    ``resume: maybe``, ``steps: 2.5``) is a ValueError naming the field, not a TypeError deep in a run."""
+    for f in dataclasses.fields(obj):
+        ann = str(f.type).replace(" ", "")
+        optional = ann.endswith("|None")
+        check = _TYPE_CHECKS.get((ann[: -len("|None")] if optional else ann).replace(",", ", "))
+        if check is None:
+            continue
+        value = getattr(obj, f.name)
+        if value is None and optional:
+            continue
+        if ann.startswith("str") and isinstance(value, os.PathLike):  # a Path given through the API
+            value = os.fspath(value)
+            setattr(obj, f.name, value)
+        ok, what = check
+        if not ok(value):  # ints stay ints where floats are allowed: the run digest of existing runs is kept
+            raise ValueError(f"{prefix}{f.name} must be {what}{' (or null)' if optional else ''}, got {value!r}")
+
+
 @dataclass
 class StageConfig:
     """Optimisation settings of one training stage (AdamW, linear warm-up then cosine decay).
@@ -57,6 +102,9 @@ class StageConfig:
     batch_size: int = 64
     warmup_fraction: float = 0.05
     label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_types(self, "stage ")
 
     def validate(self, name: str) -> None:
         if self.steps is None and not self.epochs > 0:
@@ -173,6 +221,7 @@ class DistillConfig:
                 setattr(self, name, tuple(v))
             elif name in ("probe_l2", "log_formats") and v is not None:
                 setattr(self, name, (v,))
+        _check_types(self)
 
     def validate(self) -> DistillConfig:
         """Check every field; raises ``ValueError`` naming the problem. Returns ``self``."""
@@ -204,6 +253,9 @@ class DistillConfig:
         for n in ("per_class", "test_per_class"):
             if getattr(self, n) is not None and getattr(self, n) < 1:
                 raise ValueError(f"{n} must be >= 1")
+        for n in ("seed", "data_seed", "transfer_seed"):
+            if getattr(self, n) is not None and getattr(self, n) < 0:
+                raise ValueError(f"{n} must be >= 0, got {getattr(self, n)}")
         if self.views < 1:
             raise ValueError("views must be >= 1")
         if self.transfer_max_items is not None and self.transfer_max_items < 1:
@@ -290,8 +342,10 @@ class DistillConfig:
             raise FileNotFoundError(f"config file not found: {p}")
         try:
             doc = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{p}: not valid YAML ({exc})") from exc
+        except yaml.YAMLError as exc:  # one line: the parser's message spans several
+            raise ValueError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from exc
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{p}: not a text (YAML) file ({exc.reason} at byte {exc.start})") from exc
         if isinstance(doc, dict) and isinstance(doc.get("run"), dict) and set(doc) <= {"run", "grid"}:
             doc = doc["run"]  # a benchmark file (benchmarks/distill_*.yaml): its run: block is the config
         try:
@@ -343,4 +397,7 @@ def _stage_from_dict(d: dict[str, Any], name: str) -> StageConfig:
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {name}; known: {sorted(names)}")
-    return StageConfig(**d)
+    try:
+        return StageConfig(**d)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("stage ", f"{name}.", 1)) from None

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import ImageDataset, open_dataset
+from ..data import CorruptImageError, ImageDataset, open_dataset
 from ..features.distributed import DistContext, dist_context
 from ..features.extract import default_num_workers, resolve_precision, select_device
 from ..models import resolve_model, state_dict_digest
@@ -189,6 +189,8 @@ def _start_run(cfg: DistillConfig) -> _Run | dict[str, Any]:
     if rpath.exists():
         prev = json.loads(rpath.read_text())
         if prev.get("config_digest") == digest:
+            if cfg.export_onnx and "onnx" not in prev and ctx.is_main:  # asked now of a run that finished without
+                prev = _export_finished(out, cfg, prev)
             return prev
     workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(dev, False)
     recipe = AugRecipe(tuple(cfg.aug_scale), tuple(cfg.aug_ratio), cfg.aug_hflip, cfg.aug_vflip)
@@ -198,6 +200,19 @@ def _start_run(cfg: DistillConfig) -> _Run | dict[str, Any]:
                             progress=cfg.progress, seed=cfg.seed)
     run = _Run(cfg, ctx, dev, prec, out, settings, recipe, workers, digest)
     return run
+
+
+def _export_finished(out: Path, cfg: DistillConfig, prev: dict[str, Any]) -> dict[str, Any]:
+    """``export_onnx`` asked of a run that finished without it: export its saved student, record it."""
+    if cfg.task != "classification":
+        raise ValueError(f"{out}: this segmentation run finished without an ONNX export; run it again with "
+                         "--no-resume --export-onnx")
+    student, meta = load_student(out)
+    labeled, test = _open_labeled(cfg)
+    dc = meta["data_config"]
+    prev["onnx"] = _export(out, student, dc, test if test is not None else labeled, ViewRenderer(dc))
+    write_json(out / "results.json", prev)
+    return prev
 
 
 def _finish_run(run: _Run, report: dict[str, Any], cost: dict[str, Any], t_start: float) -> dict[str, Any]:
@@ -326,7 +341,8 @@ def _prepare_out(out: Path, cfg: DistillConfig, digest: str) -> None:
             old = DistillConfig.from_yaml(cpath).digest()
         except (ValueError, TypeError):
             old = None
-        if old != digest or not cfg.resume:
+        started = any((out / name).exists() for name in _RUN_FILES)  # a failed start wrote only config.yaml
+        if started and (old != digest or not cfg.resume):
             if cfg.resume:
                 raise ValueError(f"{out} holds a run with a different configuration; pick another out_dir, or "
                                  "set resume=False (--no-resume) to discard it")
@@ -337,6 +353,20 @@ def _prepare_out(out: Path, cfg: DistillConfig, digest: str) -> None:
                 elif p.exists():
                     p.unlink()
     cfg.to_yaml(cpath)
+
+
+def _check_readable(labeled: ImageDataset) -> None:
+    """Every labeled image decodes: fine-tuning needs them all, so say it before the teacher and distillation
+    stages, not after them (the labeled set is the small one)."""
+    bad = []
+    for i in range(len(labeled)):
+        try:
+            labeled.load(i)
+        except CorruptImageError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise ValueError(f"{len(bad)} unreadable labeled image(s), e.g. {bad[0]}; remove them from the data "
+                         "(fine-tuning trains on every labeled image)")
 
 
 def _open_labeled(cfg: DistillConfig) -> tuple[ImageDataset, ImageDataset | None]:
@@ -350,6 +380,7 @@ def _open_labeled(cfg: DistillConfig) -> tuple[ImageDataset, ImageDataset | None
                          "task: segmentation (and num_classes, ignore_index)")
     if len(labeled.classes) < 2:
         raise ValueError(f"{cfg.data}: the labeled set has {len(labeled.classes)} class(es); need at least 2")
+    _check_readable(labeled)
     test = (open_dataset(cfg.data, cfg.test_split, per_class=cfg.test_per_class, split_seed=0)
             if cfg.test_split else None)
     if test is not None and test.classes != labeled.classes:
@@ -448,6 +479,9 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
         feats = teacher_side.features(transfer, _all_views(len(transfer), cfg.views), "teacher: transfer set")
         feats = feats.reshape(len(transfer), cfg.views, -1)
         good = np.flatnonzero(np.isfinite(feats).all(axis=(1, 2)))
+        if not len(good):
+            raise ValueError(f"none of the {len(transfer)} transfer images of {cfg.transfer or cfg.data} could be "
+                             "read (or, for a curated manifest, cropped as its boxes say)")
         if len(good) < len(transfer):  # unreadable images leave the transfer set
             transfer = transfer.subset(good, note="readable")
             feats = feats[good]

@@ -186,8 +186,10 @@ class TeacherFeatureStore:
             stats.bad = [b for g in gathered for b in g[2]]
         self.refresh()
         bad_idx = {i for i, _ in stats.bad}
+        # byte-identical unreadable files share one key: only the first was tried, all of them are bad
+        bad_keys = {k for k, it in zip(keys, items) if int(it[0]) in bad_idx}
         present = [k in self._index for k in keys]
-        gone = [it for it, ok in zip(items, present) if not ok and int(it[0]) not in bad_idx]
+        gone = [it for it, k, ok in zip(items, keys, present) if not ok and k not in bad_keys]
         if gone:
             raise RuntimeError(f"{len(gone)} teacher outputs are missing after the pass (e.g. item {gone[0]}); "
                                f"is {self.dir} shared by every process?")
@@ -195,8 +197,9 @@ class TeacherFeatureStore:
         ok = np.flatnonzero(present)
         if ok.size:
             out[ok] = self.get([keys[j] for j in ok.tolist()])
-        if stats.bad:
-            warnings.warn(f"{len(stats.bad)} unreadable transfer/labeled image(s) skipped, e.g. {stats.bad[0][1]}",
+        if stats.bad:  # count images, not (image, view) items
+            n_bad = len({int(it[0]) for it, k in zip(items, keys) if k in bad_keys})
+            warnings.warn(f"{n_bad} unreadable transfer/labeled image(s) skipped, e.g. {stats.bad[0][1]}",
                           CorruptImageWarning, stacklevel=2)
         return out, stats
 
