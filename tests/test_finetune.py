@@ -231,3 +231,11 @@ def test_eval_every_evaluates_every_kth_and_the_last_epoch(data_dir: Path, tmp_p
     assert read_ground_truth_rows(out)[0]["eval_every"] == "2"
     with pytest.raises(ValueError, match="eval_every"):
         cfg.replace(eval_every=0)
+
+
+def test_finetune_config_with_bad_yaml_is_one_value_error(tmp_path):
+    from transferkit.finetune import FinetuneConfig
+
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
+        FinetuneConfig.from_yaml(tmp_path / "bad.yaml")

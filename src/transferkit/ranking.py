@@ -7,6 +7,7 @@ optional rank metrics against ground-truth accuracies.
 from __future__ import annotations
 
 import csv
+import math
 import time
 import zipfile
 import warnings
@@ -19,8 +20,8 @@ import numpy as np
 
 from .estimators import get_estimator, score_zoo
 
-__all__ = ["ZooFeatures", "MethodResult", "RankResults", "load_feature_file", "rank_zoo", "read_ground_truth",
-           "DEFAULT_METHODS"]
+__all__ = ["ZooFeatures", "MethodResult", "RankResults", "check_accuracies", "load_feature_file", "rank_zoo",
+           "read_ground_truth", "DEFAULT_METHODS"]
 
 #: The consensus ingredients (PARC, LEEP, ETran) plus the two single methods with the best mean tau_w on the
 #: 10-task offline benchmark (linear_probe, also the best on top-1 regret, and hscore_shrinkage;
@@ -180,12 +181,27 @@ def rank_zoo(
     return out
 
 
+def check_accuracies(gt: dict[str, float], where: str) -> None:
+    """Reject accuracies that cannot be right: not finite, negative, above 100, or a mix of percent
+    (above 1) and fraction (at most 1) values in one table (90 and 0.8 would give a regret of 89.2)."""
+    bad = {m: a for m, a in gt.items() if not math.isfinite(a) or a < 0 or a > 100}
+    if bad:
+        m, a = next(iter(bad.items()))
+        raise ValueError(f"{where}: accuracy {a:g} of model {m!r} is not a number in [0, 100]")
+    percent = {m: a for m, a in gt.items() if a > 1}
+    fraction = {m: a for m, a in gt.items() if a <= 1}
+    if percent and fraction:
+        (mp, ap), (mf, af) = max(percent.items(), key=lambda kv: kv[1]), min(fraction.items(), key=lambda kv: kv[1])
+        raise ValueError(f"{where}: accuracies mix percent and fraction scales ({mp}={ap:g} but {mf}={af:g}); "
+                         "write all of them as percent (0-100) or all as fractions (0-1)")
+
+
 def read_ground_truth(path: str | Path, dataset: str | None = None) -> dict[str, float]:
     """Read a ground-truth CSV with columns model, accuracy (and optionally dataset)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"ground-truth file not found: {path}")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         rows = list(csv.DictReader(fh))
     if not rows:
         raise ValueError(f"{path}: empty ground-truth file")

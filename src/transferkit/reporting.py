@@ -25,7 +25,7 @@ __all__ = ["OutputWriteError", "format_table", "write_csv", "write_json", "atomi
            "atomic_torch_save", "current_umask", "output_errors", "temp_file_beside"]
 
 # errors that mean "this place cannot take the file", as opposed to a bug in the caller
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EISDIR, errno.ENOTDIR,
                    *([errno.EDQUOT] if hasattr(errno, "EDQUOT") else [])}
 
 

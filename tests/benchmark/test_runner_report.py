@@ -76,7 +76,7 @@ def test_failed_method_is_reported_not_fatal(toy_spec: Path) -> None:  # noqa: F
 
 
 def test_missing_ground_truth_dataset_is_an_error(toy_spec: Path) -> None:  # noqa: F811
-    (toy_spec.parent / "gt.csv").write_text("model,dataset,accuracy\nr20,other,1\neff,other,2\n")
+    (toy_spec.parent / "gt.csv").write_text("model,dataset,accuracy\nr20,other,10\neff,other,20\n")
     with pytest.raises(ValueError, match="no dataset 'toy'"):
         run_benchmark(load_spec(toy_spec), progress=False, log=lambda s: None)
 

@@ -342,3 +342,65 @@ def test_hub_errors_raised_inside_timm_become_one_line():
         err = download_failure("resnet18", exc)
     assert err is not None and "resnet18" in str(err) and "local-dir:" in str(err)
     assert download_failure("resnet18", RuntimeError("size mismatch for fc.weight")) is None
+
+
+# -- 9. more bad inputs (found by a review of the front door) --------------------------------------------
+def test_rank_label_shapes(zoo: Path):
+    y = np.repeat(np.arange(3), 20)
+    np.savez(zoo / "yscalar.npz", X=np.zeros((60, 6)), y=np.array(3))
+    assert_one_line_error(tk("rank", str(zoo / "good.npz"), str(zoo / "yscalar.npz"), "-o", str(zoo / "o")),
+                          "y must be 1-D")
+    with np.load(zoo / "ok.npz") as d:
+        np.savez(zoo / "ycol.npz", X=d["X"], y=y[:, None], P=d["P"])  # a column of the same labels: accepted
+    res = tk("rank", str(zoo / "good.npz"), str(zoo / "ycol.npz"), "--methods", "logme", "-o", str(zoo / "o2"))
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seed", "-5"], "--seed"), (["--sample-seed", "-1"], "--sample-seed")])
+def test_rank_seeds_are_checked_first(zoo: Path, args, needle):
+    assert_one_line_error(tk("rank", str(zoo / "good.npz"), str(zoo / "ok.npz"), *args, "-o", str(zoo / "o")),
+                          needle)
+
+
+def test_a_result_name_taken_by_a_folder(zoo: Path):
+    out = zoo / "o"
+    (out / "scores.csv").mkdir(parents=True)
+    assert_one_line_error(tk("rank", str(zoo / "good.npz"), str(zoo / "ok.npz"), "--methods", "logme", "-o", str(out)),
+                          "scores.csv", "is a directory")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--input-size", "0"], "--input-size"), (["--crop-pct", "0"], "--crop-pct"), (["--crop-pct", "5"], "--crop-pct"),
+    (["--mean", "0.5,0.5"], "3 numbers"), (["--std", "0,0,0"], "std must be > 0")])
+def test_extract_preprocessing_options_are_checked(images: Path, args, needle):
+    assert_one_line_error(tk("extract", "-m", "resnet18", "-d", str(images), *args), needle)
+
+
+def test_extract_with_no_readable_image_is_an_error(tmp_path: Path):
+    import timm
+    import torch
+
+    bad = tmp_path / "bad"
+    for c in ("a", "b"):
+        (bad / c).mkdir(parents=True)
+        (bad / c / "0.png").write_bytes(b"not a png")
+    torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), tmp_path / "w.pth")
+    res = tk("extract", "-m", f"test_resnet@{tmp_path / 'w.pth'}", "-d", str(bad), "--input-size", "32",
+             "--cache", str(tmp_path / "cache"), "-o", str(tmp_path / "o"), "--no-progress")
+    assert_one_line_error(res, "none of its 2 image(s) could be read")
+    assert not list((tmp_path / "o").glob("*.npz"))
+
+
+def test_bench_spec_problems(tmp_path: Path):
+    (tmp_path / "folder").mkdir()
+    assert_one_line_error(tk("bench", str(tmp_path / "folder")), "not a folder")
+    (tmp_path / "m.yaml").write_text("zoo: [resnet18]\ndatasets: {d: imgs}\nmethods: 5\n")
+    assert_one_line_error(tk("bench", str(tmp_path / "m.yaml")), "'methods' must be")
+
+
+def test_ground_truth_csv_with_a_byte_order_mark(zoo: Path):
+    (zoo / "bom.csv").write_text("\ufeffmodel,accuracy\ngood,0.9\nok,0.7\nweak,0.5\n", encoding="utf-8")
+    res = tk("rank", *(str(zoo / f"{n}.npz") for n in ("good", "ok", "weak")), "--methods", "logme",
+             "--gt", str(zoo / "bom.csv"), "-o", str(zoo / "o"))
+    assert res.returncode == 0, res.stderr

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..finetune import FinetuneConfig
 from ..models import ModelEntry, read_zoo, zoo_entries
+from ..ranking import check_accuracies
 
 __all__ = ["BenchmarkSpec", "DatasetSpec", "FeatureOptions", "load_spec", "zoo_from_doc"]
 
@@ -159,7 +160,10 @@ class BenchmarkSpec:
         if not path.exists():
             raise FileNotFoundError(f"ground-truth file not found: {path} (compute it with "
                                     f"`transferkit finetune --spec {self.source or '<spec>'}`)")
-        return ground_truth_by_dataset(path)
+        table = ground_truth_by_dataset(path)
+        for dataset, accs in table.items():  # the checks `transferkit rank --gt` applies
+            check_accuracies(accs, f"{path} (dataset {dataset})")
+        return table
 
     def path(self, p: str | Path) -> Path:
         q = Path(p).expanduser()
@@ -200,6 +204,11 @@ def spec_from_dict(doc: Mapping[str, Any], base_dir: str | Path, source: str | N
     for key in ("zoo", "datasets"):
         if not doc.get(key):
             raise ValueError(f"{where}: '{key}' is required")
+    methods = doc.get("methods")
+    if methods is not None and not (isinstance(methods, str) or (
+            isinstance(methods, Sequence) and all(isinstance(m, str) for m in methods))):
+        raise ValueError(f"{where}: 'methods' must be 'all', a comma-separated string or a list of names, "
+                         f"got {methods!r}")
     zoo_doc = doc["zoo"]
     zoo = read_zoo(base / zoo_doc) if isinstance(zoo_doc, str) else zoo_from_doc(zoo_doc, base, f"{where}: zoo")
     dsets = doc["datasets"]
@@ -272,8 +281,10 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"benchmark spec not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path}: a benchmark spec is a YAML file, not a folder")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     return spec_from_dict(doc, path.resolve().parent, source=str(path))

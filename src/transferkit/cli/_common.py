@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,3 +110,13 @@ def readable_warnings(verbose: bool = False, prefix: Callable[[], str | None] | 
 def deprecation(message: str) -> None:
     """A one-line note about an old spelling that still works."""
     click.echo(f"note: {message}", err=True)
+
+
+def require_images(sets: Mapping[str, Any], data: str) -> None:
+    """Stop with one line when a model's features hold no image (every image unreadable, or a manifest whose
+    files are gone): an empty result must not exit 0."""
+    for name, fs in sets.items():
+        if len(fs) == 0:
+            skipped = fs.metadata.get("skipped") or []
+            eg = f", e.g. {skipped[0]['item']}: {skipped[0]['error']}" if skipped else ""
+            raise click.ClickException(f"{data}: none of its {len(skipped)} image(s) could be read for {name}{eg}")

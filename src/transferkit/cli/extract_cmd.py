@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import check_output_dir, readable_warnings, verbosity_options
+from ._common import check_output_dir, readable_warnings, require_images, verbosity_options
 
 
 def _models(values: tuple[str, ...]) -> list[str]:
@@ -18,9 +18,14 @@ def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
     if value is None:
         return None
     try:
-        return tuple(float(v) for v in value.replace(",", " ").split())
+        out = tuple(float(v) for v in value.replace(",", " ").split())
     except ValueError:
         raise click.BadParameter(f"expected numbers like 0.5,0.5,0.5, got {value!r}", param_hint=option) from None
+    if len(out) != 3:
+        raise click.BadParameter(f"expected 3 numbers (one per RGB channel), got {len(out)}", param_hint=option)
+    if option == "--std" and min(out) <= 0:
+        raise click.BadParameter(f"every std must be > 0, got {value!r}", param_hint=option)
+    return out
 
 
 def _safe(name: str) -> str:
@@ -52,7 +57,7 @@ Examples:
               help="Dataset: image folder, .zip, .csv manifest, .npz, IDX folder/file, or 'fashion-mnist'.")
 @click.option("--split", default=None, help="Split (train/test/val/all); default train if present, else all.")
 @click.option("--per-class", type=int, default=None, help="Seeded stratified subsample: at most N images per class.")
-@click.option("--seed", default=0, show_default=True, help="Seed of subsampling and of splits made here.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1), help="Seed of subsampling and of splits made here.")
 @click.option("--test-fraction", default=0.2, show_default=True,
               help="Share of each class in 'test' when the dataset has no native split.")
 @click.option("--cache", default=".transferkit_cache", show_default=True, help="Feature cache directory.")
@@ -67,8 +72,9 @@ Examples:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Forward-pass precision (auto: bf16/fp16 on GPUs that support it, fp32 on CPU).")
 @click.option("--layer", default=None, help="Module name to take features from (default: pooled penultimate).")
-@click.option("--input-size", type=int, default=None, help="Override the model's input resolution.")
-@click.option("--crop-pct", type=float, default=None, help="Override the centre-crop fraction.")
+@click.option("--input-size", type=click.IntRange(min=8), default=None, help="Override the model's input resolution.")
+@click.option("--crop-pct", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Override the centre-crop fraction, in (0, 1].")
 @click.option("--interpolation", default=None, help="Override the resize interpolation (bilinear, bicubic...).")
 @click.option("--mean", default=None, help="Override the normalisation mean, e.g. '0.5,0.5,0.5'.")
 @click.option("--std", default=None, help="Override the normalisation std.")
@@ -116,6 +122,7 @@ def command(models: tuple[str, ...], zoo_file: str | None, data: str, split: str
         raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
     except (CorruptImageError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    require_images(sets, data)
     if not dist_context().is_main:
         return
     rows = []

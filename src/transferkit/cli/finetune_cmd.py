@@ -124,8 +124,8 @@ def command(model: str | None, data: str | None, model_name: str | None, dataset
             return
         with readable_warnings(verbose):
             res = finetune(cfg)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # str(KeyError) would be its repr, in quotes
+        raise click.ClickException(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)) from exc
     click.echo(f"{res.model} on {res.dataset}: {res.accuracy:.2f}% (lr {res.best_lr:g}, wd {res.best_weight_decay:g}, "
                f"epoch {res.best_epoch}; {res.n_train} train / {res.n_test} test images at {res.img_size} px, "
                f"{res.seconds:.0f} s on {res.device})")

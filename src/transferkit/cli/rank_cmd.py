@@ -7,7 +7,6 @@ wrong with the inputs fails in one line before minutes of extraction or scoring.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from ..ranking import DEFAULT_METHODS, MethodResult, ZooFeatures, load_feature_f
 from ..reporting import format_table, write_csv, write_json
 from .rank_report import (plot_recommendation, provenance, render_details, render_dropped, render_method_table,
                           render_recommendation, score_rows, scores_payload)
-from ._common import check_output_dir, deprecation, note, readable_warnings, split_list, verbosity_options
+from ._common import (check_output_dir, deprecation, note, readable_warnings, require_images, split_list,
+                      verbosity_options)
 
 EXAMPLES = """\b
 Examples:
@@ -68,19 +68,13 @@ def _model_names(models: list[str], zoo_file: str | None) -> list[str]:
 
 
 def check_ground_truth(gt: dict[str, float], path: str) -> None:
-    """Reject accuracies that cannot be right: not finite, negative, above 100, or a mix of percent
-    (above 1) and fraction (at most 1) values in one file (90 and 0.8 would give a regret of 89.2)."""
-    bad = {m: a for m, a in gt.items() if not math.isfinite(a) or a < 0 or a > 100}
-    if bad:
-        m, a = next(iter(bad.items()))
-        raise click.ClickException(f"{path}: accuracy {a:g} of model {m!r} is not a number in [0, 100]")
-    percent = {m: a for m, a in gt.items() if a > 1}
-    fraction = {m: a for m, a in gt.items() if a <= 1}
-    if percent and fraction:
-        (mp, ap), (mf, af) = max(percent.items(), key=lambda kv: kv[1]), min(fraction.items(), key=lambda kv: kv[1])
-        raise click.ClickException(
-            f"{path}: accuracies mix percent and fraction scales ({mp}={ap:g} but {mf}={af:g}); "
-            "write all of them as percent (0-100) or all as fractions (0-1)")
+    """:func:`transferkit.ranking.check_accuracies`, as a one-line CLI error."""
+    from ..ranking import check_accuracies
+
+    try:
+        check_accuracies(gt, path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _check_gt_covers(gt: dict[str, float], names: list[str], path: str) -> None:
@@ -95,6 +89,10 @@ def _check_shapes(z: ZooFeatures, source: str) -> None:
     X, y = np.asarray(z.X), np.asarray(z.y)
     if X.ndim != 2:
         raise click.ClickException(f"{source}: X must be 2-D (N x D), got shape {X.shape}")
+    if y.ndim == 2 and y.shape[1] == 1:  # a column of labels: the same labels
+        z.y = y = y.ravel()
+    if y.ndim != 1:
+        raise click.ClickException(f"{source}: y must be 1-D (one label per row of X), got shape {y.shape}")
     if len(y) != len(X):
         raise click.ClickException(f"{source}: X has {len(X)} rows but y has {len(y)} labels")
     if z.P is not None and len(z.P) != len(X):
@@ -170,6 +168,7 @@ def _extracted_zoo(models: list[str], zoo_file: str | None, data: str, split: st
         raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
     except (CorruptImageError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    require_images(sets, data)
     return [ZooFeatures(name, fs.features, fs.labels, fs.probs, dict(fs.metadata)) for name, fs in sets.items()]
 
 
@@ -228,7 +227,7 @@ def print_next_steps(demo: bool, out: Path) -> None:
 @click.option("--gt-dataset", help="Use only rows of this dataset from the ground-truth CSV.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="transferkit_rank",
               show_default=True, help="Folder for scores.csv / scores.json / metrics.csv (checked writable first).")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="random_state of every estimator (k-means, random projections, ITM's training). "
                    "Does not change which images are used: see --sample-seed.")
 @click.option("--seeds", "seeds_opt", default=None, metavar="LIST",
@@ -247,7 +246,7 @@ def print_next_steps(demo: bool, out: Path) -> None:
               "present, else all).")
 @click.option("--per-class", type=int, default=None, help="Stratified subsample: at most N images per class "
               "with --data.")
-@click.option("--sample-seed", default=0, show_default=True, type=int,
+@click.option("--sample-seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seed of the --per-class image subsample (and of the demo zoo's data).")
 @click.option("--cache", default=".transferkit_cache", show_default=True, help="Feature cache directory.")
 @click.option("--device", default="auto", show_default=True,

@@ -127,7 +127,10 @@ class FinetuneConfig:
     def from_yaml(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:
         import yaml
 
-        doc = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:  # one line naming the file
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
         if not isinstance(doc, dict):
             raise ValueError(f"{path}: expected a mapping of fine-tuning options")
         return cls.from_dict({**doc, **overrides})
