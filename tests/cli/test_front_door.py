@@ -390,6 +390,10 @@ def test_extract_with_no_readable_image_is_an_error(tmp_path: Path):
              "--cache", str(tmp_path / "cache"), "-o", str(tmp_path / "o"), "--no-progress")
     assert_one_line_error(res, "none of its 2 image(s) could be read")
     assert not list((tmp_path / "o").glob("*.npz"))
+    res = tk("extract", "-m", f"test_resnet@{tmp_path / 'w.pth'}", "-d", str(bad), "--input-size", "32",
+             "--cache", str(tmp_path / "cache2"), "--no-progress", "--strict")
+    line = assert_one_line_error(res, "0.png", "--strict stops on unreadable images")
+    assert "BytesIO" not in line and "skipped" not in line
 
 
 def test_bench_spec_problems(tmp_path: Path):

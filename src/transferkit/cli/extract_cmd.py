@@ -64,7 +64,8 @@ Examples:
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Also export <out>/<model>.npz (X, y, P) for `transferkit rank` (checked writable first).")
 @click.option("--batch-size", "-b", default=64, show_default=True, help="Images per forward pass.")
-@click.option("--workers", type=int, default=None, help="DataLoader workers (default: by device and cores).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers (default: by device and cores).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Write the cache every N images (default 1024; also at least every 30 s of work), so an "
                    "interrupted run resumes from there.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -21,9 +22,12 @@ def _floats(value: str | None) -> list[float] | None:
     if value is None:
         return None
     try:
-        return [float(v) for v in value.replace(",", " ").split()]
+        out = [float(v) for v in value.replace(",", " ").split()]
     except ValueError as exc:
         raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from exc
+    if not all(math.isfinite(v) and v >= 0 for v in out):  # nan / inf / negative rates: caught here, not by torch
+        raise click.BadParameter(f"expected finite numbers >= 0, got {value!r}")
+    return out
 
 
 def _names(value: tuple[str, ...] | str | None) -> list[str] | None:
@@ -71,7 +75,7 @@ def _shard(value: str) -> tuple[int, int]:
 @click.option("--device", help="auto (default), cpu, cuda, cuda:1, mps.")
 @click.option("--amp", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="Mixed precision (auto: bf16/fp16 on a GPU that supports it, fp32 on CPU).")
-@click.option("--threads", "num_threads", type=int, help="torch CPU threads.")
+@click.option("--threads", "num_threads", type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--work-dir", help="Resumable run state and decoded-image cache (default .transferkit_cache/finetune).")
 @click.option("--out", "-o", "output", type=click.Path(dir_okay=False),
               help="Ground-truth CSV to add the result to (its folder is checked writable first).")

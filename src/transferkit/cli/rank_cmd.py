@@ -252,7 +252,8 @@ def print_next_steps(demo: bool, out: Path) -> None:
 @click.option("--device", default="auto", show_default=True,
               help="Feature extraction device: auto, cpu, cuda, cuda:1, mps.")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=int, help="Extraction batch size.")
-@click.option("--workers", type=int, default=None, help="DataLoader workers (default: by device and cores).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers (default: by device and cores).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Write the feature cache every N images (default 1024; also at least every 30 s of work), "
                    "so an interrupted run resumes from there.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import signal
 import sys
 import threading
@@ -467,11 +468,16 @@ def _report_skipped(fs: FeatureSet, strict: bool) -> None:
     skipped = fs.metadata.get("skipped") or []
     if not skipped:
         return
-    listing = "\n".join(f"  {s['item']}: {s['error']}" for s in skipped[:20])
+    def why(err: str) -> str:  # PIL names the in-memory buffer, not the file: drop that noise
+        return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err))
+
+    if strict:  # one line: the first unreadable image stops the run
+        more = f" ({len(skipped)} unreadable in all)" if len(skipped) > 1 else ""
+        raise CorruptImageError(skipped[0]["item"], f"{why(skipped[0]['error'])}; --strict stops on unreadable "
+                                                    f"images{more}")
+    listing = "\n".join(f"  {s['item']}: {why(s['error'])}" for s in skipped[:20])
     more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
     msg = f"{len(skipped)} unreadable image(s) skipped:\n{listing}{more}"
-    if strict:
-        raise CorruptImageError(skipped[0]["item"], msg)
     warnings.warn(msg, CorruptImageWarning, stacklevel=3)
 
 
