@@ -464,18 +464,20 @@ def _fingerprint(ds: ImageDataset) -> str:
     return fp
 
 
+def _clean_error(err: object) -> str:
+    """An image error without PIL's name of the in-memory buffer (``<_io.BytesIO object at 0x...>``)."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err))
+
+
 def _report_skipped(fs: FeatureSet, strict: bool) -> None:
     skipped = fs.metadata.get("skipped") or []
     if not skipped:
         return
-    def why(err: str) -> str:  # PIL names the in-memory buffer, not the file: drop that noise
-        return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err))
-
     if strict:  # one line: the first unreadable image stops the run
         more = f" ({len(skipped)} unreadable in all)" if len(skipped) > 1 else ""
-        raise CorruptImageError(skipped[0]["item"], f"{why(skipped[0]['error'])}; --strict stops on unreadable "
-                                                    f"images{more}")
-    listing = "\n".join(f"  {s['item']}: {why(s['error'])}" for s in skipped[:20])
+        first = _clean_error(skipped[0]["error"])
+        raise CorruptImageError(skipped[0]["item"], f"{first}; --strict stops on unreadable images{more}")
+    listing = "\n".join(f"  {s['item']}: {_clean_error(s['error'])}" for s in skipped[:20])
     more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
     msg = f"{len(skipped)} unreadable image(s) skipped:\n{listing}{more}"
     warnings.warn(msg, CorruptImageWarning, stacklevel=3)
@@ -631,7 +633,8 @@ def _compute(prep: _Prepared, ds: ImageDataset, entry: CacheEntry, units: list[l
             for (lo, hi, unit_end), batch in zip(spans, loader, strict=True):
                 if batch.bad and strict:
                     i, nm, err = batch.bad[0]
-                    raise CorruptImageError(nm, f"{err} (strict mode; finished chunks are kept in the cache)")
+                    raise CorruptImageError(nm, f"{_clean_error(err)}; --strict stops on unreadable images (finished "
+                                                "chunks are kept in the cache)")
                 feats = lg = None
                 if batch.x is not None:
                     x = batch.x.to(dev, non_blocking=True)
