@@ -112,6 +112,16 @@ def deprecation(message: str) -> None:
     click.echo(f"note: {message}", err=True)
 
 
+def one_line(exc: BaseException) -> str:
+    """An input error as one line: a KeyError's message without the quotes of its repr, an OSError as
+    ``<file>: <reason>``, anything else as ``str(exc)``."""
+    if isinstance(exc, KeyError):
+        return str(exc.args[0]) if exc.args else str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, ValueError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
+
+
 def require_images(sets: Mapping[str, Any], data: str) -> None:
     """Stop with one line when a model's features hold no image (every image unreadable, or a manifest whose
     files are gone): an empty result must not exit 0."""

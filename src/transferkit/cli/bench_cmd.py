@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import check_output_dir, deprecation, readable_warnings, split_list, verbosity_options
+from ._common import check_output_dir, deprecation, one_line, readable_warnings, split_list, verbosity_options
 
 EXAMPLES = """\b
 Examples:
@@ -128,8 +128,8 @@ def command(spec: str, out_dir: str | None, methods: str | None, models: tuple[s
                 result = run_benchmark(bench, progress=not quiet, log=(lambda m: None) if quiet else click.echo)
         paths = write_report(result, out, bench.description, plots=not no_plots, ground_truth_csv=gt_csv,
                              n_boot=n_boot, log=click.echo)
-    except (FileNotFoundError, ValueError, KeyError) as exc:  # str(KeyError) would be its repr, in quotes
-        raise click.ClickException(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)) from exc
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise click.ClickException(one_line(exc)) from exc
     from ..benchmark.report import headline_markdown
 
     click.echo("\n" + headline_markdown(result, analysis=paths.get("analysis")))

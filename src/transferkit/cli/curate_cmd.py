@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._common import check_output_file, readable_warnings, split_list, verbosity_options
+from ._common import check_output_file, one_line, readable_warnings, split_list, verbosity_options
 
 EXAMPLES = """\b
 Examples:
@@ -69,7 +69,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--leak-threshold", type=float, default=0.995, show_default=True,
               help="Cosine to a test image above which a crop is excluded as leakage.")
 @click.option("--max-per-image", type=int, help="At most this many crops of one gallery image.")
-@click.option("--batch-size", "-b", type=int, default=64, show_default=True, help="Embedding batch size.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True, help="Embedding batch size.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--cache-dir", default=".transferkit_cache", show_default=True, help="Feature/embedding cache.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -130,21 +130,14 @@ def command(ctx: click.Context, config_path: str | None, **opts: Any) -> None:
     if index_doc.get("path") and Path(index_doc["path"]).exists() and not Path(index_doc["path"]).is_dir():
         raise click.BadParameter(f"{index_doc['path']} is a file; the index is saved in a folder",
                                  param_hint="--index-path")
-    if opts["batch_size"] is not None and opts["batch_size"] < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--batch-size")
     from ..data import CorruptImageError
 
     try:
         cfg = CurateConfig.from_dict({**doc, "index": IndexConfig(**index_doc)})
         with readable_warnings(opts["verbose"]):
             result = curate(cfg)
-    except KeyError as exc:  # str(KeyError) is the repr of its message
-        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
-    except (ValueError, FileNotFoundError, TypeError, CorruptImageError) as exc:  # TypeError: unknown config key
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:  # a folder where a file should be, permissions, a full disk: name the file
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+    except (KeyError, ValueError, TypeError, CorruptImageError, OSError) as exc:  # TypeError: unknown config key
+        raise click.ClickException(one_line(exc)) from exc
     rep = result.report
     sel = rep["selection"]
     click.echo(f"wrote {result.manifest} ({sel['selected']} crops for {rep['queries']['n']} queries, "

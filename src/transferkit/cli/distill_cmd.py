@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._common import check_output_dir, readable_warnings, verbosity_options
+from ._common import check_output_dir, one_line, readable_warnings, verbosity_options
 
 EXAMPLES = """\b
 Examples:
@@ -137,13 +137,8 @@ def command(config: str | None, sets: tuple[str, ...], teacher: str | None, stud
             cfg.replace(method=m).validate()
         with readable_warnings(verbose):
             results = run_comparison(cfg, method_list, seed_list)
-    except KeyError as exc:  # str(KeyError) is the repr of its message
-        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
-    except (ValueError, FileNotFoundError, ImportError, CorruptImageError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:  # a file where a folder should be, permissions: name the path
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+    except (KeyError, ValueError, ImportError, CorruptImageError, OSError) as exc:
+        raise click.ClickException(one_line(exc)) from exc
     if not _is_main():
         return
     rows = summarize(results)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import check_output_dir, readable_warnings, require_images, verbosity_options
+from ._common import check_output_dir, one_line, readable_warnings, require_images, verbosity_options
 
 
 def _models(values: tuple[str, ...]) -> list[str]:
@@ -119,10 +119,8 @@ def command(models: tuple[str, ...], zoo_file: str | None, data: str, split: str
                    f"({exc.kept_chunks} chunk{'s' if exc.kept_chunks != 1 else ''}) in {exc.path}; models "
                    "finished before are cached too. Run the same command again to resume.", err=True)
         raise SystemExit(128 + exc.signum) from None
-    except KeyError as exc:  # str(KeyError) is the repr of its message
-        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
-    except (CorruptImageError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (KeyError, CorruptImageError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(one_line(exc)) from exc
     require_images(sets, data)
     if not dist_context().is_main:
         return

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from ._common import split_list, check_output_dir, check_output_file, readable_warnings, verbosity_options
+from ._common import (check_output_dir, check_output_file, one_line, readable_warnings, split_list,
+                      verbosity_options)
 
 EXAMPLES = """\b
 Examples:
@@ -128,8 +129,8 @@ def command(model: str | None, data: str | None, model_name: str | None, dataset
             return
         with readable_warnings(verbose):
             res = finetune(cfg)
-    except (FileNotFoundError, ValueError, KeyError) as exc:  # str(KeyError) would be its repr, in quotes
-        raise click.ClickException(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)) from exc
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise click.ClickException(one_line(exc)) from exc
     click.echo(f"{res.model} on {res.dataset}: {res.accuracy:.2f}% (lr {res.best_lr:g}, wd {res.best_weight_decay:g}, "
                f"epoch {res.best_epoch}; {res.n_train} train / {res.n_test} test images at {res.img_size} px, "
                f"{res.seconds:.0f} s on {res.device})")

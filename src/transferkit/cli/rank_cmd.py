@@ -13,12 +13,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..ranking import DEFAULT_METHODS, MethodResult, ZooFeatures, load_feature_file, rank_zoo, read_ground_truth
+from ..ranking import (DEFAULT_METHODS, MethodResult, ZooFeatures, check_accuracies, load_feature_file, rank_zoo,
+                       read_ground_truth)
 from ..reporting import format_table, write_csv, write_json
 from .rank_report import (plot_recommendation, provenance, render_details, render_dropped, render_method_table,
                           render_recommendation, score_rows, scores_payload)
-from ._common import (check_output_dir, deprecation, note, readable_warnings, require_images, split_list,
-                      verbosity_options)
+from ._common import (check_output_dir, deprecation, note, one_line, readable_warnings, require_images,
+                      split_list, verbosity_options)
 
 EXAMPLES = """\b
 Examples:
@@ -69,8 +70,6 @@ def _model_names(models: list[str], zoo_file: str | None) -> list[str]:
 
 def check_ground_truth(gt: dict[str, float], path: str) -> None:
     """:func:`transferkit.ranking.check_accuracies`, as a one-line CLI error."""
-    from ..ranking import check_accuracies
-
     try:
         check_accuracies(gt, path)
     except ValueError as exc:
@@ -164,10 +163,8 @@ def _extracted_zoo(models: list[str], zoo_file: str | None, data: str, split: st
         click.echo(f"Interrupted: kept {exc.kept_images} of {exc.n_images} images of {exc.model} in {exc.path}; "
                    "models finished before are cached too. Run the same command again to resume.", err=True)
         raise SystemExit(128 + exc.signum) from None
-    except KeyError as exc:  # str(KeyError) is the repr of its message
-        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from exc
-    except (CorruptImageError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (KeyError, CorruptImageError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(one_line(exc)) from exc
     require_images(sets, data)
     return [ZooFeatures(name, fs.features, fs.labels, fs.probs, dict(fs.metadata)) for name, fs in sets.items()]
 

@@ -61,6 +61,13 @@ class SearchIndex(Protocol):
         ...
 
 
+def _check_int(name: str, value: Any, low: int, high: int | None = None, note: str = "") -> None:
+    """An index option must be a whole number in ``[low, high]`` (a ValueError naming it, before any work)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"index {name} must be an integer {span}{note}, got {value!r}")
+
+
 @dataclass
 class IndexConfig:
     """How to index the gallery (see the module docstring for the kinds)."""
@@ -86,18 +93,13 @@ class IndexConfig:
             raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
         if isinstance(self.gpu, str) and self.gpu not in ("auto", "true", "false"):
             raise ValueError("gpu must be auto, true or false")
-        if isinstance(self.rerank, bool) or not isinstance(self.rerank, int) or self.rerank < 0:
-            raise ValueError(f"index rerank must be an integer >= 0 (0 or 1: off), got {self.rerank!r}")
+        _check_int("rerank", self.rerank, 0, note=" (0 or 1: off)")
         for name, low in (("nprobe", 1), ("m", 1), ("train_size", 1), ("block", 1), ("exact_max", 0),
                           ("ondisk_part", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"index {name} must be an integer >= {low}, got {v!r}")
-        if self.nlist is not None and (isinstance(self.nlist, bool) or not isinstance(self.nlist, int)
-                                       or self.nlist < 1):
-            raise ValueError(f"index nlist must be an integer >= 1 (or unset: ~4 sqrt(n)), got {self.nlist!r}")
-        if isinstance(self.nbits, bool) or not isinstance(self.nbits, int) or not 1 <= self.nbits <= 16:
-            raise ValueError(f"index nbits must be an integer in 1..16, got {self.nbits!r}")
+            _check_int(name, getattr(self, name), low)
+        if self.nlist is not None:
+            _check_int("nlist", self.nlist, 1, note=" (or unset: ~4 sqrt(n))")
+        _check_int("nbits", self.nbits, 1, 16)
         if self.ondisk and not self.path:  # checked here, before any embedding or training
             raise ValueError("ondisk inverted lists need an index path (--index-path; index: {path: ...} in a "
                              "config; IndexConfig.path)")

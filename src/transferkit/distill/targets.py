@@ -173,11 +173,10 @@ class TeacherFeatureStore:
         # rank 0 decides what is missing (another rank's view of the folder may be older or newer)
         todo = (ctx.broadcast(list(missing.items()) if ctx.is_main else None) if ctx.active
                 else list(missing.items()))[ctx.rank::ctx.world]
-        if todo or ctx.active:  # in a group every rank joins `together`, so one that fails cannot strand the rest
-            stats = ctx.together(lambda: self._compute(
-                view_ds, todo, forward, stats, batch_size=batch_size, num_workers=num_workers, device=device,
-                shard_size=shard_size, progress=progress and ctx.is_main, desc=desc, rank=ctx.rank)
-                if todo else stats)
+        # every rank joins `together` (also with nothing to do), so one that fails cannot strand the rest
+        stats = ctx.together(lambda: self._compute(
+            view_ds, todo, forward, stats, batch_size=batch_size, num_workers=num_workers, device=device,
+            shard_size=shard_size, progress=progress and ctx.is_main, desc=desc, rank=ctx.rank) if todo else stats)
         if ctx.active:
             ctx.barrier()
             gathered = ctx.all_gather((stats.computed, stats.seconds, stats.bad))
